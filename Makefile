@@ -1,0 +1,62 @@
+# sheap_lite: one-command set-up, demo, tests and notebooks (GNU make).
+# Everything runs in the project's own virtual environment, .venv, created on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# pytest's exit code 5 means "no tests collected": not a failure for this project (e.g. no notebooks yet).
+PYTEST_OK = rc=$$?; if [ $$rc -eq 5 ]; then echo "(no tests collected: ok)"; rc=0; fi; exit $$rc
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test lab doctor strip clean
+
+help:
+	@echo "sheap_lite make targets:"
+	@echo "  make setup   create .venv and install the pinned requirements (only reruns when they change)"
+	@echo "  make demo    run the end-to-end demo (python -m sheap_lite.demo)"
+	@echo "  make test    run the unit tests, then execute every notebook with nbval"
+	@echo "  make lab     open JupyterLab on notebooks/"
+	@echo "  make doctor  report what is installed and found (CUDA, gsplat, FLAME file, ...) and how to fix it"
+	@echo "  make strip   remove outputs and execution counts from notebooks/*.ipynb (nbstripout)"
+	@echo "  make clean   remove runs/ and caches (keeps .venv)"
+	@echo "Variables: PYTHON=$(PYTHON) (used to create .venv), PYTEST_ARGS=... (extra arguments for the unit-test run)"
+
+# The stamp is newer than both files once an install succeeded, so a second `make setup` does nothing,
+# and editing requirements.txt or pyproject.toml reinstalls. torch is pinned first in requirements.txt and
+# installed in the same pip call as gsplat (otherwise pip pulls a newer, multi-GB torch).
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check --no-deps -e .
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m sheap_lite.demo
+
+test: setup
+	@echo "$(PY) -m pytest tests $(PYTEST_ARGS)"; $(PY) -m pytest tests $(PYTEST_ARGS); $(PYTEST_OK)
+	@if [ -d notebooks ]; then \
+		echo "$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/"; \
+		$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/; $(PYTEST_OK); \
+	else echo "no notebooks/ folder: nothing to execute"; fi
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+# The doctor must run even when set-up failed, so it does not depend on `setup`: it uses .venv if present.
+doctor:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m sheap_lite.doctor
+
+strip: setup
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		$(VENV)/bin/nbstripout notebooks/*.ipynb && echo "stripped: $$(ls notebooks/*.ipynb | tr '\n' ' ')"; \
+	else echo "no notebooks to strip"; fi
+
+clean:
+	rm -rf runs/ .pytest_cache/ .ipynb_checkpoints/ notebooks/.ipynb_checkpoints/ build/ dist/
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,192 @@
+"""The 68 iBUG landmarks of the built-in head, picked on its mesh by explicit geometric rules.
+
+FLAME ships a hand-made landmark embedding; the built-in head has none, so each iBUG point is found from the
+neutral mesh (FLAME frame: +x the subject's left = the image's right, +y up, +z towards the camera) and from
+anny's facial actions, which mark the moving parts of the face:
+- eyes (36–47): the eyelid margin is the ring of skin closest to the eye axis in front of the eyeball;
+  corners are its extreme x, lid points sit at 1/3 and 2/3 of the corner-to-corner span.
+- brows (17–26): along each brow, where `browDown*` moves the skin most.
+- nose (27–35): on the midline (the bridge down to the most forward tip, the subnasale is the deepest point
+  below it), nostril bases beside it.
+- mouth (48–67): `jawOpen` moves the lower lip and not the upper one, so the mouth line is where that motion
+  jumps between neighbouring vertices; the outer lip contours bound the regions `mouthRollUpper/Lower` move.
+- jaw (0–16): the frontal silhouette (where the surface turns away from the camera), on rays from below the nose.
+Every landmark is a vertex (barycentric (1, 0, 0) in one of its faces). iBUG order runs from the image's left
+(the subject's right) to its right, eyes and lips clockwise from their left corner.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    n = np.zeros_like(v)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    for c in range(3):
+        np.add.at(n, f[:, c], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+def _nearest(v: np.ndarray, candidates: np.ndarray, target: np.ndarray, dims=slice(0, 2)) -> int:
+    """The candidate vertex whose coordinates `dims` are closest to `target`."""
+    return int(candidates[np.linalg.norm(v[candidates, dims] - target, axis=1).argmin()])
+
+
+def _along(v: np.ndarray, chain: list[int], fractions) -> list[int]:
+    """Vertices of `chain` nearest to the given fractions of its x span (chain sorted by x)."""
+    xs = v[chain, 0]
+    return [chain[int(np.abs(xs - (xs[0] + t * (xs[-1] - xs[0]))).argmin())] for t in fractions]
+
+
+def _eye(v, skin, centre, radius, blink_motion: np.ndarray) -> list[int]:
+    """Six eyelid points of one eye, iBUG order (left corner, upper lid, right corner, lower lid).
+
+    The eyelid margin is the ring of skin closest to the eye axis in front of the eyeball; the upper lid is
+    where the blink moves the skin most, the lower lid where the blinked upper lid lands.
+    """
+    rel = v[skin] - centre
+    rho = np.linalg.norm(rel[:, :2], axis=1)
+    front = skin[(rel[:, 2] > 0.0) & (rho < 1.6 * radius)]
+    angle = np.arctan2(v[front, 1] - centre[1], v[front, 0] - centre[0])
+    ring = []
+    for lo in np.linspace(-np.pi, np.pi, 48, endpoint=False):
+        sel = front[(angle >= lo) & (angle < lo + 2 * np.pi / 48)]
+        if len(sel):
+            ring.append(int(sel[np.linalg.norm(v[sel, :2] - centre[:2], axis=1).argmin()]))
+    ring = np.unique(ring)
+    left, right = int(ring[v[ring, 0].argmin()]), int(ring[v[ring, 0].argmax()])
+    blink = np.linalg.norm(blink_motion, axis=1)
+    lid = front[blink[front] > 0.5 * blink[front].max()]
+    still = front[blink[front] < 0.2 * blink[front].max()]
+    upper, lower = [], []
+    for t in (1 / 3, 2 / 3):
+        x = v[left, 0] + t * (v[right, 0] - v[left, 0])
+        slab = lid[np.abs(v[lid, 0] - x) < 0.002]
+        top = int(slab[blink[slab].argmax()])
+        upper.append(top)
+        landing = v[top] + blink_motion[top]
+        lower.append(_nearest(v, still[v[still, 1] < v[top, 1]], landing[:2]))
+    return [left, upper[0], upper[1], right, lower[1], lower[0]]
+
+
+def _brow(v, front, moved, side: int) -> list[int]:
+    """Five points along one brow (sorted by x): the most-moved vertex in five vertical slabs."""
+    region = front[(moved[front] > 0.5 * moved[front].max()) & (np.sign(v[front, 0]) == side)]
+    xs = np.linspace(*np.quantile(v[region, 0], [0.08, 0.92]), 5)
+    picks = []
+    for x in xs:
+        slab = region[np.abs(v[region, 0] - x) < 0.004]
+        picks.append(int(slab[moved[slab].argmax()]))
+    return picks
+
+
+def _visible(v: np.ndarray, candidates: np.ndarray, cell: float = 0.003, depth: float = 0.004) -> np.ndarray:
+    """The candidates seen from the front: within `depth` of the frontmost candidate in their (x, y) cell."""
+    keys = np.floor(v[candidates, :2] / cell).astype(np.int64)
+    _, cell_id = np.unique(keys, axis=0, return_inverse=True)
+    front_z = np.full(cell_id.max() + 1, -np.inf)
+    np.maximum.at(front_z, cell_id, v[candidates, 2])
+    return candidates[v[candidates, 2] >= front_z[cell_id] - depth]
+
+
+def _jaw(v, skin, centre, drop: float = 0.015) -> list[int]:
+    """17 frontal-silhouette points on rays from `centre`, from the image's left round the chin to its right:
+    on each ray, the last visible vertex before everything farther out lies `drop` behind it (the face's edge,
+    with the ear or the neck behind)."""
+    seen = _visible(v, skin)
+    rel = v[seen, :2] - centre[:2]
+    dist, angle = np.linalg.norm(rel, axis=1), np.arctan2(rel[:, 1], rel[:, 0])
+    picks = []
+    for theta in np.deg2rad(np.linspace(162.0, 378.0, 17)):
+        diff = np.angle(np.exp(1j * (angle - theta)))
+        wedge = np.flatnonzero((np.abs(diff) < np.deg2rad(4.0)) & (dist > 0.02))
+        wedge = wedge[np.argsort(dist[wedge])]
+        z = v[seen[wedge], 2]
+        farther_max = np.append(np.maximum.accumulate(z[::-1])[::-1][1:], -np.inf)
+        edge = np.flatnonzero(farther_max < z - drop)
+        picks.append(int(seen[wedge[edge[0] if len(edge) else -1]]))
+    return picks
+
+
+def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: dict[str, np.ndarray]):
+    """68 landmarks on the built-in head: (face index (68,), barycentric (68,3)).
+
+    vertices (V,3) neutral mesh, faces (F,3), the first `n_skin` vertices are skin and the rest two eyeball
+    spheres (left eye first, equal sizes); actions maps facial-action names to displacements (V,3).
+    """
+    v, f = np.asarray(vertices), np.asarray(faces)
+    normals = _vertex_normals(v, f)
+    skin = np.arange(n_skin)
+    front = skin[normals[skin, 2] > 0.2]
+    moved = {name: np.linalg.norm(d, axis=1) for name, d in actions.items()}
+    eye_size = (len(v) - n_skin) // 2
+    eyes = [v[n_skin + k * eye_size:n_skin + (k + 1) * eye_size] for k in (1, 0)]  # right eye (x<0) first
+    centres = [e.mean(0) for e in eyes]
+    radius = float(np.linalg.norm(eyes[0] - centres[0], axis=1).max())
+
+    right_eye = _eye(v, skin, centres[0], radius, actions["eyeBlinkRight"])
+    left_eye = _eye(v, skin, centres[1], radius, actions["eyeBlinkLeft"])
+    brows = _brow(v, front, moved["browDownRight"], -1) + _brow(v, front, moved["browDownLeft"], +1)
+
+    # mouth: jawOpen moves the lower lip and hardly the upper one; the mouth line lies between them
+    jaw_motion = moved["jawOpen"] / moved["jawOpen"].max()
+    roll = moved["mouthRollUpper"] / moved["mouthRollUpper"].max()
+    mouth = front[roll[front] > 0.25]
+    upper_lip, lower_lip = mouth[jaw_motion[mouth] < 0.4], front[jaw_motion[front] > 0.6]
+    line_y = v[upper_lip, 1].min()
+    at_line = mouth[np.abs(v[mouth, 1] - line_y) < 0.003]
+    corner_l, corner_r = int(at_line[v[at_line, 0].argmin()]), int(at_line[v[at_line, 0].argmax()])
+    span = v[corner_r, 0] - v[corner_l, 0]
+
+    def lip_points(region, fractions, pick) -> list[int]:
+        out = []
+        for t in fractions:
+            slab = region[np.abs(v[region, 0] - (v[corner_l, 0] + t * span)) < 0.003]
+            out.append(int(slab[pick(slab)]))
+        return out
+
+    lower_lip = lower_lip[(v[lower_lip, 1] < line_y + 0.003) & (v[lower_lip, 1] > line_y - 0.02)]
+    inner_upper = lip_points(upper_lip, (0.25, 0.5, 0.75), lambda s: v[s, 1].argmin())
+    inner_lower = lip_points(lower_lip, (0.75, 0.5, 0.25), lambda s: v[s, 1].argmax())
+    # the upper vermilion border: the highest point above the mouth line where the lip still faces upwards
+    upper_turn = upper_lip[(normals[upper_lip, 1] > 0.25) & (v[upper_lip, 1] < line_y + 0.012)]
+    outer_upper = lip_points(upper_turn, (1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6), lambda s: v[s, 1].argmax())
+    # the lower vermilion border: the first point below the mouth line where the lip turns downwards
+    lower_turn = lower_lip[normals[lower_lip, 1] < -0.35]
+    outer_lower = lip_points(lower_turn, (5 / 6, 2 / 3, 1 / 2, 1 / 3, 1 / 6), lambda s: v[s, 1].argmax())
+
+    # nose: midline bridge from between the eyes to the tip, then the base
+    midline = front[np.abs(v[front, 0]) < 0.002]
+    upper_lid_y = np.mean([v[i, 1] for i in right_eye[1:3] + left_eye[1:3]])
+    band = midline[(v[midline, 1] < upper_lid_y + 0.01) & (v[midline, 1] > v[outer_upper[2], 1])]
+    tip = int(band[v[band, 2].argmax()])
+    nasion = _nearest(v, midline, np.array([0.0, upper_lid_y]))
+    bridge = [nasion] + [_nearest(v, midline, v[nasion, :2] + t * (v[tip, :2] - v[nasion, :2])) for t in (1 / 3, 2 / 3)]
+    below = midline[(v[midline, 1] < v[tip, 1]) & (v[midline, 1] > v[outer_upper[2], 1])]
+    subnasale = int(below[v[below, 2].argmin()])
+    inner_corner_x = v[right_eye[3], 0]
+    base_y = v[subnasale, 1] + 0.3 * (v[tip, 1] - v[subnasale, 1])
+    nostrils = []
+    for t in (-0.6, -0.3, 0.0, 0.3, 0.6):
+        if t == 0.0:
+            nostrils.append(subnasale)
+            continue
+        y = base_y if abs(t) > 0.5 else (base_y + v[subnasale, 1]) / 2
+        slab = front[np.linalg.norm(v[front, :2] - [abs(inner_corner_x) * t, y], axis=1) < 0.004]
+        nostrils.append(int(slab[v[slab, 2].argmax()]))
+
+    jaw = _jaw(v, skin, np.array([0.0, v[subnasale, 1], 0.0]))
+    points = (jaw + brows + bridge + [tip] + nostrils + right_eye + left_eye + [corner_l] + outer_upper
+              + [corner_r] + outer_lower + [corner_l] + inner_upper + [corner_r] + inner_lower)
+    return _on_faces(np.array(points), f)
+
+
+def _on_faces(vertex_ids: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Express vertices as (face index, barycentric) pairs: one face containing each vertex."""
+    face_ids, bary = [], []
+    for vid in vertex_ids:
+        face, corner = np.argwhere(faces == vid)[0]
+        face_ids.append(face)
+        bary.append(np.eye(3)[corner])
+    return np.array(face_ids, dtype=np.int64), np.array(bary)

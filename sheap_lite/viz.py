@@ -1,0 +1,86 @@
+"""Plotly figures for the course and reports: meshes, landmarks, joints, several heads side by side.
+
+Every function takes torch tensors or numpy arrays (one head, no batch dimension) and returns a
+`plotly.graph_objects.Figure`; nothing is shown or written here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+SKIN = "rgb(230, 196, 170)"
+FRONT_CAMERA = dict(eye=dict(x=0.0, y=0.0, z=1.3), up=dict(x=0.0, y=1.0, z=0.0))  # FLAME frame: +z to the viewer
+LIGHTING = dict(ambient=0.35, diffuse=0.8, specular=0.15, roughness=0.6, fresnel=0.05)
+
+
+def _np(array) -> np.ndarray:
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _rgb(colors: np.ndarray) -> list[str]:
+    """(N,3) floats in [0,1] → plotly 'rgb(r,g,b)' strings."""
+    c = np.clip(np.round(_np(colors) * 255), 0, 255).astype(int)
+    return [f"rgb({r},{g},{b})" for r, g, b in c]
+
+
+def mesh_trace(vertices, faces, vertex_colors=None, name: str = "mesh", opacity: float = 1.0) -> go.Mesh3d:
+    """A shaded triangle mesh: vertices (V,3), faces (F,3), optional per-vertex colours (V,3) in [0,1]."""
+    v, f = _np(vertices), _np(faces)
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
+        raise ValueError(f"mesh_trace expects vertices (V,3) and faces (F,3), got {v.shape} and {f.shape}")
+    colour = dict(vertexcolor=_rgb(vertex_colors)) if vertex_colors is not None else dict(color=SKIN)
+    return go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name=name,
+                     flatshading=False, lighting=LIGHTING, lightposition=dict(x=0, y=100, z=1000),
+                     opacity=opacity, hoverinfo="skip", showlegend=False, **colour)
+
+
+def points_trace(points, labels: Sequence[str] | None = None, name: str = "points", color: str = "crimson",
+                 size: float = 4.0) -> go.Scatter3d:
+    """Markers at points (N,3); hovering shows each label (by default its index)."""
+    p = _np(points)
+    text = list(labels) if labels is not None else [f"{name} {i}" for i in range(len(p))]
+    return go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], mode="markers", name=name, text=text,
+                        hoverinfo="text", marker=dict(size=size, color=color), showlegend=False)
+
+
+def _scene(extent: float) -> dict:
+    axis = dict(visible=False, range=[-extent, extent])
+    return dict(xaxis=axis, yaxis=axis, zaxis=axis, aspectmode="cube", camera=FRONT_CAMERA)
+
+
+def head_figure(vertices, faces, vertex_colors=None, landmarks=None, joints=None, joint_names=None,
+                title: str | None = None, height: int = 500) -> go.Figure:
+    """One head, seen from the front, with optional landmarks (L,3) and joints (J,3) (hover shows names)."""
+    v = _np(vertices)
+    traces = [mesh_trace(v, faces, vertex_colors)]
+    if landmarks is not None:
+        traces.append(points_trace(landmarks, name="landmark"))
+    if joints is not None:
+        traces.append(points_trace(joints, labels=joint_names, name="joint", color="royalblue", size=6))
+    fig = go.Figure(traces)
+    fig.update_layout(scene=_scene(np.abs(v).max() * 1.05), title=title, height=height,
+                      margin=dict(l=0, r=0, t=40 if title else 0, b=0))
+    return fig
+
+
+def heads_grid(heads: Sequence, faces, titles: Sequence[str] | None = None, cols: int = 4,
+               vertex_colors=None, cell_height: int = 300) -> go.Figure:
+    """Several heads (each (V,3)) side by side in a grid of 3D views sharing the front camera."""
+    heads = [_np(h) for h in heads]
+    rows = (len(heads) + cols - 1) // cols
+    fig = make_subplots(rows=rows, cols=cols, specs=[[{"type": "scene"}] * cols] * rows,
+                        subplot_titles=list(titles) if titles else None,
+                        horizontal_spacing=0.01, vertical_spacing=0.04)
+    extent = max(np.abs(h).max() for h in heads) * 1.05
+    for n, head in enumerate(heads):
+        fig.add_trace(mesh_trace(head, faces, vertex_colors), row=n // cols + 1, col=n % cols + 1)
+        scene = "scene" if n == 0 else f"scene{n + 1}"
+        fig.update_layout({scene: _scene(extent)})
+    fig.update_layout(height=rows * cell_height, margin=dict(l=0, r=0, t=30, b=0))
+    return fig

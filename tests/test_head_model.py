@@ -1,0 +1,146 @@
+"""The built-in head: a FLAME-format model whose parts do what their names say."""
+
+import numpy as np
+import pytest
+import torch
+
+from sheap_lite.flame import FLAME
+from sheap_lite.head_model import _pca_basis, builtin_head_data, derive_builtin_head
+
+# iBUG-68 left/right mirror pairs (image left = subject's right) and midline points
+MIRROR = {**{i: 16 - i for i in range(17)}, **{17 + i: 26 - i for i in range(10)},
+          31: 35, 32: 34, 36: 45, 37: 44, 38: 43, 39: 42, 40: 47, 41: 46,
+          48: 54, 49: 53, 50: 52, 55: 59, 56: 58, 60: 64, 61: 63, 65: 67, 67: 65}
+MIDLINE = [8, 27, 28, 29, 30, 33, 51, 57, 62, 66]
+JAW, GLOBAL, NECK, EYE_L, EYE_R = 2, 0, 1, 3, 4
+
+
+@pytest.fixture(scope="module")
+def head():
+    return FLAME.builtin(dtype=torch.float64)
+
+
+def pose_with(joint: int, axis_angle) -> torch.Tensor:
+    pose = torch.zeros(1, 5, 3, dtype=torch.float64)
+    pose[0, joint] = torch.tensor(axis_angle, dtype=torch.float64)
+    return pose
+
+
+def expression(head, name: str, value: float = 1.0) -> torch.Tensor:
+    psi = torch.zeros(1, head.n_expression, dtype=torch.float64)
+    psi[0, head.expression_names.index(name)] = value
+    return psi
+
+
+def test_is_a_flame_format_model_that_says_it_is_not_flame(head):
+    assert "not FLAME" in repr(head) and head.is_builtin
+    assert head.n_landmarks == 68 and head.n_shape >= 50 and "jawOpen" in head.expression_names
+    out = head()
+    torch.testing.assert_close(out.vertices[0], head.v_template)
+    assert out.landmarks.shape == (1, 68, 3) and out.joints.shape == (1, 5, 3)
+    # the head is centred and about head-sized (metres): 20-30 cm tall with the neck
+    extent = head.v_template.max(0).values - head.v_template.min(0).values
+    assert 0.15 < extent[0] < 0.22 and 0.2 < extent[1] < 0.3
+    eyes = head.lbs_weights[:, EYE_L] + head.lbs_weights[:, EYE_R] > 0
+    skin = head.v_template[~eyes]
+    assert ((skin.max(0).values + skin.min(0).values) / 2).abs().max() < 1e-9, "skin bounding box centred"
+
+
+def test_landmarks_are_mirror_symmetric_and_in_ibug_order(head):
+    lm = head().landmarks[0].numpy()
+    mirrored = lm * np.array([-1.0, 1.0, 1.0])
+    for i, j in MIRROR.items():
+        assert np.linalg.norm(lm[i] - mirrored[j]) < 0.004, f"landmark {i} is not the mirror of {j}"
+    assert np.abs(lm[MIDLINE, 0]).max() < 0.003
+    for run in (range(0, 17), range(17, 22), range(22, 27), range(31, 36), range(49, 54)):
+        assert np.all(np.diff(lm[list(run), 0]) > 0), f"landmarks {list(run)} do not run left to right"
+
+
+def test_landmarks_sit_on_their_features(head):
+    lm = head().landmarks[0].numpy()
+    joints = head().joints[0].numpy()
+    assert lm[:, 2].argmax() == 30, "the nose tip (30) is the most forward landmark"
+    assert lm[:, 1].argmin() == 8, "the chin (8) is the lowest landmark"
+    for eye, joint in ((range(36, 42), EYE_R), (range(42, 48), EYE_L)):
+        centre = joints[joint]
+        assert np.all(np.linalg.norm(lm[list(eye), :2] - centre[:2], axis=1) < 0.025)
+        assert np.sign(lm[list(eye), 0]).tolist() == [np.sign(centre[0])] * 6
+    assert lm[17:27, 1].min() > lm[36:48, 1].max(), "brows above the eyes"
+    assert lm[36:48, 1].min() > lm[27:36, 1].min() > lm[48:68, 1].max(), "eyes above the nose above the mouth"
+    assert joints[EYE_L, 0] > 0 > joints[EYE_R, 0], "FLAME's left eye is at +x (the subject's left)"
+
+
+def test_jaw_joint_opens_the_mouth(head):
+    closed = head().landmarks[0]
+    opened = head(pose=pose_with(JAW, [0.3, 0.0, 0.0])).landmarks[0]
+    gap = lambda lm: (lm[62, 1] - lm[66, 1]).item()  # noqa: E731  inner upper lip above inner lower lip
+    assert gap(closed) < 0.003 and gap(opened) > gap(closed) + 0.015
+    assert torch.allclose(opened[17:48], closed[17:48]), "opening the jaw leaves brows, nose and eyes in place"
+
+
+def test_eye_joints_turn_only_the_eyeballs(head):
+    turned = head(pose=pose_with(EYE_L, [0.2, 0.3, 0.05])).vertices[0]  # no vertex on this axis
+    moved = (turned - head.v_template).norm(dim=1) > 1e-9
+    weighted = head.lbs_weights[:, EYE_L] > 0
+    assert moved.any() and torch.equal(moved, weighted)
+    # the eyeball turns about its centre: every moved vertex keeps its distance to the eye joint
+    centre = head().joints[0, EYE_L]
+    torch.testing.assert_close((turned[moved] - centre).norm(dim=1), (head.v_template[moved] - centre).norm(dim=1))
+
+
+@pytest.mark.parametrize("name, landmark, direction", [
+    ("jawOpen", 57, (0, -1, 0)),           # lower lip down
+    ("mouthSmileLeft", 54, (1, 1, 0)),     # left mouth corner out and up
+    ("mouthSmileRight", 48, (-1, 1, 0)),
+    ("browInnerUp", 21, (0, 1, 0)),        # inner brow up
+    ("eyeBlinkLeft", 44, (0, -1, 0)),      # left upper lid down
+])
+def test_named_expressions_move_the_named_features(head, name, landmark, direction):
+    delta = (head(expression=expression(head, name)).landmarks - head().landmarks)[0, landmark].numpy()
+    direction = np.array(direction, dtype=float)
+    assert np.linalg.norm(delta) > 0.002, f"{name} barely moves landmark {landmark}"
+    assert delta @ direction / np.linalg.norm(direction) > 0.6 * np.linalg.norm(delta)
+
+
+def test_identity_basis_is_pca_ordered_and_gives_plausible_people(head):
+    basis = head.shapedirs.reshape(-1, head.n_shape)
+    norms = basis.norm(dim=0)
+    assert torch.all(norms[:-1] >= norms[1:] - 1e-12), "components ordered by variance"
+    gram = (basis / norms).T @ (basis / norms)
+    torch.testing.assert_close(gram, torch.eye(head.n_shape, dtype=torch.float64), atol=1e-8, rtol=0)
+    generator = torch.Generator().manual_seed(0)
+    betas = torch.randn(16, head.n_shape, generator=generator, dtype=torch.float64)
+    lm = head(shape=betas).landmarks
+    face_width = (lm[:, 0] - lm[:, 16]).norm(dim=-1)
+    eye_distance = (lm[:, 39] - lm[:, 42]).norm(dim=-1)
+    assert face_width.min() > 0.10 and face_width.max() < 0.17
+    assert eye_distance.min() > 0.02 and eye_distance.max() < 0.05
+    assert face_width.std() > 0.003, "identities differ"
+
+
+def test_pca_basis_recovers_known_directions():
+    rng = np.random.default_rng(0)
+    axes = np.linalg.qr(rng.normal(size=(50, 3)))[0]  # orthonormal (50, 3)
+    stds = np.array([3.0, 2.0, 0.5])
+    samples = rng.normal(size=(4000, 3)) * stds @ axes.T
+    basis = _pca_basis(samples - samples.mean(0), 3)
+    np.testing.assert_allclose(np.linalg.norm(basis, axis=0), stds, rtol=0.05)
+    np.testing.assert_allclose(np.abs(np.sum(basis / np.linalg.norm(basis, axis=0) * axes, axis=0)), 1, atol=1e-3)
+
+
+def test_joint_regressor_tracks_anny_joints_and_weights_are_convex(head):
+    torch.testing.assert_close(head.lbs_weights.sum(1), torch.ones(head.v_template.shape[0], dtype=torch.float64))
+    assert head.lbs_weights.min() >= 0
+    torch.testing.assert_close(head.j_regressor.sum(1), torch.ones(5, dtype=torch.float64))
+    joints = head().joints[0]
+    assert joints[GLOBAL, 1] < joints[NECK, 1] < joints[EYE_L, 1], "neck base below the neck joint below the eyes"
+
+
+def test_derivation_is_deterministic_and_matches_the_cache():
+    small_a = derive_builtin_head(n_samples=120, n_shape=10, seed=3)
+    small_b = derive_builtin_head(n_samples=120, n_shape=10, seed=3)
+    for key, value in vars(small_a).items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, getattr(small_b, key)), key
+    cached = builtin_head_data()
+    torch.testing.assert_close(cached.v_template, derive_builtin_head().v_template)
