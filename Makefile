@@ -27,9 +27,10 @@ help:
 # The stamp is newer than both files once an install succeeded, so a second `make setup` does nothing,
 # and editing requirements.txt or pyproject.toml reinstalls. torch is pinned first in requirements.txt and
 # installed in the same pip call as gsplat (otherwise pip pulls a newer, multi-GB torch).
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --disable-pip-version-check --no-deps -e .
 	touch $@
 

@@ -118,18 +118,10 @@ class FLAME(nn.Module):
             return cls.builtin(dtype=dtype)
         return cls.from_pkl(source, dtype=dtype)
 
-    # ---- properties ---------------------------------------------------------------------------------------------
-    @property
-    def n_shape(self) -> int:
-        return self.shapedirs.shape[2]
-
-    @property
-    def n_expression(self) -> int:
-        return self.exprdirs.shape[2]
-
-    @property
-    def n_landmarks(self) -> int:
-        return self.landmark_faces.shape[0]
+    # ---- properties (read from the container, which stays on the CPU) ------------------------------------------
+    n_shape = property(lambda self: self.data.n_shape)
+    n_expression = property(lambda self: self.data.n_expression)
+    n_landmarks = property(lambda self: self.data.landmark_faces.shape[0])
 
     @property
     def is_builtin(self) -> bool:

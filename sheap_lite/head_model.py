@@ -31,7 +31,7 @@ import torch
 
 from .flame_data import FLAME_PARENTS, FlameModelData
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump whenever the derivation changes
 N_IDENTITY_SAMPLES = 1500
 N_SHAPE = 100
 EYE_RADIUS_SCALE = 1.0
@@ -107,7 +107,7 @@ def _rest_state(model, phenotypes: torch.Tensor, changes: torch.Tensor, actions:
     return vertices, heads
 
 
-def _uv_sphere(n_lat: int = 10, n_lon: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def _uv_sphere(n_lat: int = 16, n_lon: int = 24) -> tuple[np.ndarray, np.ndarray]:
     """Unit sphere with its poles on ±z (FLAME's forward axis): vertices (n,3), CCW-outward faces (m,3)."""
     verts = [[0.0, 0.0, 1.0]]
     for i in range(1, n_lat):

@@ -29,6 +29,27 @@ def _rgb(colors: np.ndarray) -> list[str]:
     return [f"rgb({r},{g},{b})" for r, g, b in c]
 
 
+def head_colors(flame) -> np.ndarray:
+    """Per-vertex colours (V,3) for a FLAME-format head: skin, and eyeballs with a dark iris facing forward.
+
+    Eyeball vertices are those skinned entirely to an eye joint; the iris is the cap around each eye's +z axis
+    in the rest pose, so turning an eye joint visibly turns the gaze.
+    """
+    rgb = np.tile(np.array([230, 196, 170]) / 255.0, (flame.v_template.shape[0], 1))
+    template = _np(flame.v_template)
+    weights = _np(flame.lbs_weights)
+    centres = _np(flame().joints[0])
+    for joint in (3, 4):
+        eye = weights[:, joint] > 0.999
+        if not eye.any():
+            continue
+        direction = template[eye] - centres[joint]
+        cos = direction[:, 2] / np.maximum(np.linalg.norm(direction, axis=1), 1e-12)
+        rgb[eye] = np.where(cos[:, None] > 0.975, [0.05, 0.05, 0.05], np.where(cos[:, None] > 0.86, [0.3, 0.45, 0.6],
+                                                                           [0.95, 0.95, 0.93]))
+    return rgb
+
+
 def mesh_trace(vertices, faces, vertex_colors=None, name: str = "mesh", opacity: float = 1.0) -> go.Mesh3d:
     """A shaded triangle mesh: vertices (V,3), faces (F,3), optional per-vertex colours (V,3) in [0,1]."""
     v, f = _np(vertices), _np(faces)
@@ -59,8 +80,8 @@ def head_figure(vertices, faces, vertex_colors=None, landmarks=None, joints=None
     """One head, seen from the front, with optional landmarks (L,3) and joints (J,3) (hover shows names)."""
     v = _np(vertices)
     traces = [mesh_trace(v, faces, vertex_colors)]
-    if landmarks is not None:
-        traces.append(points_trace(landmarks, name="landmark"))
+    if landmarks is not None:  # drawn 1.5 mm towards the camera (+z) so the surface does not hide them
+        traces.append(points_trace(_np(landmarks) + [0.0, 0.0, 0.0015], name="landmark"))
     if joints is not None:
         traces.append(points_trace(joints, labels=joint_names, name="joint", color="royalblue", size=6))
     fig = go.Figure(traces)
@@ -84,3 +105,48 @@ def heads_grid(heads: Sequence, faces, titles: Sequence[str] | None = None, cols
         fig.update_layout({scene: _scene(extent)})
     fig.update_layout(height=rows * cell_height, margin=dict(l=0, r=0, t=30, b=0))
     return fig
+
+
+def flame_explorer(flame, n_shape: int = 3, expressions: Sequence[str] = ("jawOpen", "mouthSmileLeft",
+                   "mouthSmileRight", "browInnerUp", "eyeBlinkLeft", "eyeBlinkRight"), height: int = 520):
+    """Sliders for identity, expression, jaw/neck/eye pose driving a live plotly head (an ipywidgets box).
+
+    `flame` is a `FLAME` module; expressions are named for the built-in head (FLAME's own basis is unnamed:
+    its first components are used instead). Returns `ipywidgets.HBox(sliders, figure)`; the figure is
+    `box.children[1]` and the sliders are reachable by name as `box.sliders[name]`.
+    """
+    import ipywidgets as widgets
+    import torch
+
+    names = list(flame.expression_names or [f"expression {i}" for i in range(len(expressions))])
+    shown = [e for e in expressions if e in names] or names[: len(expressions)]
+    sliders = {f"shape {i}": (-3.0, 3.0) for i in range(min(n_shape, flame.n_shape))}
+    sliders.update({e: (0.0, 1.0) if flame.expression_names else (-2.0, 2.0) for e in shown})
+    sliders.update({"jaw open (rad)": (0.0, 0.4), "neck turn (rad)": (-0.8, 0.8), "eyes turn (rad)": (-0.5, 0.5)})
+    controls = {name: widgets.FloatSlider(value=0.0, min=lo, max=hi, step=(hi - lo) / 40, description=name,
+                                          continuous_update=True, style={"description_width": "120px"})
+                for name, (lo, hi) in sliders.items()}
+    template = flame().vertices[0].detach()
+    figure = go.FigureWidget(head_figure(template, flame.faces, vertex_colors=head_colors(flame), height=height))
+
+    def update(_=None) -> None:
+        value = {name: control.value for name, control in controls.items()}
+        dtype = flame.v_template.dtype
+        shape = torch.tensor([[value.get(f"shape {i}", 0.0) for i in range(flame.n_shape)]], dtype=dtype)
+        psi = torch.zeros(1, flame.n_expression, dtype=dtype)
+        for e in shown:
+            psi[0, names.index(e)] = value[e]
+        pose = torch.zeros(1, 5, 3, dtype=dtype)
+        pose[0, 2, 0] = value["jaw open (rad)"]
+        pose[0, 1, 1] = value["neck turn (rad)"]
+        pose[0, 3:, 1] = value["eyes turn (rad)"]
+        with torch.no_grad():
+            v = flame(shape=shape, expression=psi, pose=pose).vertices[0].numpy()
+        with figure.batch_update():
+            figure.data[0].x, figure.data[0].y, figure.data[0].z = v[:, 0], v[:, 1], v[:, 2]
+
+    for control in controls.values():
+        control.observe(update, names="value")
+    box = widgets.HBox([widgets.VBox(list(controls.values())), figure])
+    box.sliders = controls
+    return box
