@@ -56,16 +56,13 @@ def project_surfels(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tens
     normals = torch.where(towards_camera, normals, -normals)
     ray_transforms = Ks[:, None] @ torch.stack([axis_u, axis_v, means_c], dim=-1)  # (B,N,3,3)
 
-    # gsplat's closed-form bounding box of the projected unit circle
-    u_m, v_m, w_m = ray_transforms[..., 0, :], ray_transforms[..., 1, :], ray_transforms[..., 2, :]
-    corner = means.new_tensor([1.0, 1.0, -1.0])
-    distance = (corner * w_m * w_m).sum(-1)
+    # gsplat's closed-form bounding box of the projected unit circle: its centre is the screen centre
+    w_m = ray_transforms[..., 2, :]
+    distance = (means.new_tensor([1.0, 1.0, -1.0]) * w_m * w_m).sum(-1)
     depths = means_c[..., 2]
     valid = (distance != 0) & (depths > near_plane) & (depths < far_plane)
-    f = corner / torch.where(distance == 0, torch.ones_like(distance), distance)[..., None]
-    means2d = torch.stack([(f * u_m * w_m).sum(-1), (f * v_m * w_m).sum(-1)], dim=-1)
-    square = torch.stack([(f * u_m * u_m).sum(-1), (f * v_m * v_m).sum(-1)], dim=-1)
-    extents = torch.sqrt((means2d * means2d - square).clamp_min(1e-4))
+    means2d, half_squared, _ = _conic_box(ray_transforms)
+    extents = torch.sqrt(half_squared.clamp_min(1e-4))
     radii = torch.ceil(SIGMA_EXTENT * extents.detach())
     inside = ((means2d[..., 0] + radii[..., 0] > 0) & (means2d[..., 0] - radii[..., 0] < width)
               & (means2d[..., 1] + radii[..., 1] > 0) & (means2d[..., 1] - radii[..., 1] < height))
@@ -73,18 +70,45 @@ def project_surfels(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tens
     return Projected(means2d, ray_transforms, depths, normals, radii, valid, extents)
 
 
-def support_radius(projected: Projected, opacities: torch.Tensor) -> torch.Tensor:
-    """Half-size in pixels (B,N,2) of the box outside which a surfel's alpha is surely below 1/255.
+def _conic_box(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gsplat's closed-form AABB of the unit circle mapped by a ray transform (...,3,3).
 
-    alpha ≥ 1/255 needs σ = ½·min(ρ_3d, 2|Δ|²) ≤ L = ln(255·o): either inside the ray–splat kernel's support
-    (gsplat's 3.33·extent box; a 5 % + 1 px margin covers perspective) or within √L pixels of the centre (the
-    screen-space low-pass filter). Unlike gsplat's radii, this never cuts the low-pass filter's footprint,
-    so sub-pixel and edge-on surfels keep their ~2-pixel coverage.
+    Returns (centre (...,2), squared half size (...,2) (may be slightly negative from rounding), bounded (...));
+    `bounded` is False where the circle reaches the camera plane (z ≤ 0), whose projection is then unbounded.
     """
-    level = torch.log((opacities.detach().clamp(max=0.999) / ALPHA_THRESHOLD).clamp_min(1.0))  # (B,N)
-    low_pass = torch.sqrt(level)[..., None]
-    kernel = SIGMA_EXTENT * projected.extents.detach() * 1.05
-    return torch.maximum(kernel, low_pass) + 1.0
+    u_m, v_m, w_m = rows[..., 0, :], rows[..., 1, :], rows[..., 2, :]
+    corner = rows.new_tensor([1.0, 1.0, -1.0])
+    distance = (corner * w_m * w_m).sum(-1)
+    f = corner / torch.where(distance == 0, torch.ones_like(distance), distance)[..., None]
+    centre = torch.stack([(f * u_m * w_m).sum(-1), (f * v_m * w_m).sum(-1)], dim=-1)
+    square = torch.stack([(f * u_m * u_m).sum(-1), (f * v_m * v_m).sum(-1)], dim=-1)
+    return centre, centre * centre - square, distance < 0
+
+
+def support_box(projected: Projected, opacities: torch.Tensor, width: int, height: int):
+    """Pixel box (lo (B,N,2), hi (B,N,2)) outside which a surfel's alpha is surely below 1/255.
+
+    alpha ≥ 1/255 needs σ = ½·min(ρ_3d, 2|Δ|²) ≤ L = ln(255·o): either ρ_3d ≤ 2L, the disc of radius √(2L)
+    in the surfel's own coordinates, whose projection's exact bounding box is gsplat's conic AABB of the ray
+    transform with its disc columns scaled by √(2L) (the whole image when that disc reaches z ≤ 0); or
+    |Δ|² ≤ L, the screen-space low-pass disc of radius √L around the centre. Unlike gsplat's radii this
+    never cuts a footprint: not the low-pass one of sub-pixel or edge-on surfels, nor a tilted surfel's
+    perspective-stretched side. A 1-pixel margin absorbs rounding.
+    """
+    with torch.no_grad():
+        level = torch.log((opacities.clamp(max=0.999) / ALPHA_THRESHOLD).clamp_min(1.0))  # (B,N)
+        rows = projected.ray_transforms.clone()
+        rows[..., :2] *= torch.sqrt(2.0 * level)[..., None, None]
+        centre, half_squared, bounded = _conic_box(rows)
+        half = torch.sqrt(half_squared.clamp_min(0.0))
+        low_pass = torch.sqrt(level)[..., None]
+        lo = torch.minimum(centre - half, projected.means2d - low_pass) - 1.0
+        hi = torch.maximum(centre + half, projected.means2d + low_pass) + 1.0
+        whole = ~bounded[..., None]
+        lo = torch.where(whole, torch.zeros_like(lo), lo)
+        hi = torch.where(whole, hi.new_tensor([float(width), float(height)]), hi)
+        contributes = projected.valid & (opacities >= ALPHA_THRESHOLD)
+        return lo, torch.where(contributes[..., None], hi, lo - 1.0)  # empty box when it cannot contribute
 
 
 def tile_count(size: int, tile_size: int) -> int:

@@ -23,22 +23,21 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
-from .projection import ALPHA_THRESHOLD, Projected, support_radius, tile_count
+from .projection import ALPHA_THRESHOLD, Projected, support_box, tile_count
 
 TRANSMITTANCE_MIN = 1e-4
 ALPHA_MAX = 0.999
 
 
-def _bin(projected: Projected, radius: torch.Tensor, width: int, height: int, tile_size: int):
+def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int, tile_size: int):
     """Front-to-back surfel lists per tile: (table (n_tiles, L) int64 with -1 padding, counts (n_tiles,)).
 
     Tiles are numbered b·(ty·tx) + row·tx + col; surfel ids are flat b·N + n.
     """
     batch, n = projected.depths.shape
     tiles_x, tiles_y = tile_count(width, tile_size), tile_count(height, tile_size)
-    centre = projected.means2d.detach()
-    lo = torch.floor((centre - radius) / tile_size).long()
-    hi = torch.floor((centre + radius) / tile_size).long()
+    lo = torch.floor(box[0] / tile_size).long()
+    hi = torch.floor(box[1] / tile_size).long()
     lo[..., 0].clamp_(0, tiles_x), lo[..., 1].clamp_(0, tiles_y)
     hi[..., 0].clamp_(-1, tiles_x - 1), hi[..., 1].clamp_(-1, tiles_y - 1)
     span = (hi - lo + 1).clamp_min(0)
@@ -116,7 +115,7 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
     tiles_x, tiles_y = tile_count(width, tile_size), tile_count(height, tile_size)
     n_tiles, pix = batch * tiles_x * tiles_y, tile_size * tile_size
     like = colors.new_zeros(())
-    table, counts = _bin(projected, support_radius(projected, opacities), width, height, tile_size)
+    table, counts = _bin(projected, support_box(projected, opacities, width, height), width, height, tile_size)
 
     offset = torch.arange(pix, device=colors.device)
     tile_ids = torch.arange(n_tiles, device=colors.device) % (tiles_x * tiles_y)
