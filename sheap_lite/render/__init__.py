@@ -2,6 +2,7 @@
 
 Backends: "torch" (pure PyTorch, any device: `rasterize.py`), "gsplat" (gsplat's CUDA kernels: `gsplat_backend.py`),
 "auto" (gsplat on CUDA when importable, torch otherwise). Both return the same `RenderOutput`.
+`render_mesh` (mesh.py) is the differentiable soft mesh rasteriser with the same camera contract.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .mesh import MeshRenderOutput, render_mesh
 from .projection import Projected, project_surfels
 
 BACKENDS = ("auto", "torch", "gsplat")
@@ -104,4 +106,5 @@ def render_2dgs(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, 
                         radii=projected.radii)
 
 
-__all__ = ["RenderOutput", "render_2dgs", "project_surfels", "Projected", "resolve_backend"]
+__all__ = ["RenderOutput", "render_2dgs", "project_surfels", "Projected", "resolve_backend", "MeshRenderOutput",
+           "render_mesh"]
