@@ -163,7 +163,8 @@ def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: d
     tip = int(band[v[band, 2].argmax()])
     nasion = _nearest(v, midline, np.array([0.0, upper_lid_y]))
     bridge = [nasion] + [_nearest(v, midline, v[nasion, :2] + t * (v[tip, :2] - v[nasion, :2])) for t in (1 / 3, 2 / 3)]
-    below = midline[(v[midline, 1] < v[tip, 1]) & (v[midline, 1] > v[outer_upper[2], 1])]
+    below = _visible(v, skin)  # the deepest *visible* midline point: not inside a nostril
+    below = below[(np.abs(v[below, 0]) < 0.002) & (v[below, 1] < v[tip, 1]) & (v[below, 1] > v[outer_upper[2], 1])]
     subnasale = int(below[v[below, 2].argmin()])
     inner_corner_x = v[right_eye[3], 0]
     base_y = v[subnasale, 1] + 0.3 * (v[tip, 1] - v[subnasale, 1])

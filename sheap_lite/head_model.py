@@ -31,7 +31,7 @@ import torch
 
 from .flame_data import FLAME_PARENTS, FlameModelData
 
-CACHE_VERSION = 2  # bump whenever the derivation changes
+CACHE_VERSION = 3  # bump whenever the derivation changes
 N_IDENTITY_SAMPLES = 1500
 N_SHAPE = 100
 EYE_RADIUS_SCALE = 1.0

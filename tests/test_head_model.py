@@ -70,6 +70,20 @@ def test_landmarks_sit_on_their_features(head):
     assert joints[EYE_L, 0] > 0 > joints[EYE_R, 0], "FLAME's left eye is at +x (the subject's left)"
 
 
+def test_landmarks_lie_on_the_surface_seen_from_the_front(head):
+    """No landmark hides inside the head (e.g. in a nostril): each is within 5 mm of the frontmost skin at its
+    (x, y) in a 3 mm grid, except the jaw contour, which sits on the silhouette."""
+    from sheap_lite.head_landmarks import _visible
+
+    lm = head().landmarks[0].numpy()
+    skin = np.flatnonzero(head.lbs_weights[:, 3:].sum(1).numpy() == 0)
+    seen = _visible(head.v_template.numpy(), skin)
+    front = head.v_template.numpy()[seen]
+    for i in range(17, 68):
+        near = np.linalg.norm(front[:, :2] - lm[i, :2], axis=1) < 0.003
+        assert lm[i, 2] > front[near, 2].max() - 0.005, f"landmark {i} is hidden behind the surface"
+
+
 def test_jaw_joint_opens_the_mouth(head):
     closed = head().landmarks[0]
     opened = head(pose=pose_with(JAW, [0.3, 0.0, 0.0])).landmarks[0]
