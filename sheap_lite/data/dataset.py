@@ -1,0 +1,221 @@
+"""`ClipPairDataset`: (source, target) frame pairs from the same clip, over a folder of clips.
+
+SHeaP reads identity and lighting from a *source* frame and expression, pose and camera from a *target* frame
+of the same video, then renders the target. Item i is target frame i of the folder (clips in name order, frames
+in order); its source is another frame of the same clip, drawn at random (the same frame when a clip has one).
+Synthetic and real clips share one format (`clip_format`), so this reads both.
+
+An item (a dict, channel-first float32 images in [0,1], S the clip size):
+    source_image (3,S,S), target_image (3,S,S), target_mask (1,S,S) in {0,1},
+    target_landmarks (68,2) pixels, target_landmarks_visible (68,) bool,
+    clip (str, the folder name), clip_index, identity (str), source_frame, target_frame (int),
+    flipped (bool), target_affine (2,3): augmented pixel = A @ [x, y, 1] of the stored frame,
+    and, for clips that carry ground truth, gt_<key> of the TARGET frame: shape, expression, pose, eyelids,
+    translation, sh, viewmat, K (as stored: they describe the un-augmented frame; see `target_affine`, `flipped`).
+
+Augmentation (`Augment`, off by default): colour jitter (one draw for both images, as one video), horizontal
+flip (both images; landmarks mirrored x → S − x and re-ordered with `IBUG68_MIRROR`), and scale/translation
+jitter about the image centre, drawn independently for each image (as a face tracker's crop jitters), applied
+alike to image, mask and landmarks. Draws come from (seed, epoch, index): the same item is the same every time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .clip_format import list_clips, load_clip
+from .synthetic import SPLITS, split_of
+
+__all__ = ["ClipPairDataset", "Augment", "IBUG68_MIRROR", "mirror_landmarks"]
+
+GT_KEYS = ("shape", "expression", "pose", "eyelids", "translation", "sh", "viewmat", "K")
+_PER_FRAME = {"expression", "pose", "eyelids", "translation", "sh"}
+
+
+def _ibug68_mirror() -> list[int]:
+    """Index permutation of the iBUG-68 points under a left-right mirror: point i of the mirrored face is point
+    IBUG68_MIRROR[i] of the original."""
+    perm = list(range(68))
+
+    def swap(a: list[int], b: list[int]) -> None:
+        for i, j in zip(a, b):
+            perm[i], perm[j] = j, i
+
+    swap(list(range(0, 8)), list(range(16, 8, -1)))  # jaw 0..7 <-> 16..9 (8 chin stays)
+    swap(list(range(17, 22)), list(range(26, 21, -1)))  # brows
+    swap([31, 32], [35, 34])  # nostrils (33 stays), nose bridge 27-30 stays
+    swap([36, 37, 38, 39, 40, 41], [45, 44, 43, 42, 47, 46])  # eyes
+    swap([48, 49, 50, 55, 56], [54, 53, 52, 59, 58])  # outer lips (51, 57 stay)
+    swap([60, 61, 65], [64, 63, 67])  # inner lips (62, 66 stay)
+    return perm
+
+
+IBUG68_MIRROR = _ibug68_mirror()
+
+
+def mirror_landmarks(landmarks: torch.Tensor, visible: torch.Tensor, width: int):
+    """Landmarks (...,68,2) and visibility (...,68) of the horizontally flipped image of width `width`:
+    x → width − x (pixel centres at +½, so column c ↔ width−1−c), then the iBUG re-ordering (eye ↔ eye, …)."""
+    index = torch.as_tensor(IBUG68_MIRROR)
+    flipped = landmarks[..., index, :].clone()
+    flipped[..., 0] = width - flipped[..., 0]
+    return flipped, visible[..., index]
+
+
+@dataclass
+class Augment:
+    """Augmentation strengths (all off by default). colour: brightness/contrast/saturation ± and per-channel gain
+    ± colour/2; flip: probability of a horizontal flip; scale: zoom factor in [1 − scale, 1 + scale]; shift:
+    translation as a fraction of the image size in [−shift, shift]."""
+
+    colour: float = 0.0
+    flip: float = 0.0
+    scale: float = 0.0
+    shift: float = 0.0
+
+    @classmethod
+    def default(cls) -> "Augment":
+        """Moderate settings for training on real clips."""
+        return cls(colour=0.2, flip=0.5, scale=0.05, shift=0.04)
+
+    @property
+    def active(self) -> bool:
+        return any(v > 0 for v in (self.colour, self.flip, self.scale, self.shift))
+
+
+def _colour_jitter(images: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:
+    """images (N,3,H,W) in [0,1], one draw for all of them."""
+    brightness, contrast, saturation = 1.0 + rng.uniform(-strength, strength, 3)
+    gain = torch.as_tensor(1.0 + rng.uniform(-strength / 2, strength / 2, 3), dtype=images.dtype)
+    out = images * brightness * gain[:, None, None]
+    grey = out.mean(dim=1, keepdim=True)
+    out = grey + saturation * (out - grey)
+    out = out.mean(dim=(1, 2, 3), keepdim=True) + contrast * (out - out.mean(dim=(1, 2, 3), keepdim=True))
+    return out.clamp(0.0, 1.0)
+
+
+def _affine(rng: np.random.Generator, size: int, scale: float, shift: float) -> np.ndarray:
+    """A (2,3): x' = s (x − c) + c + t, about the image centre c = size/2."""
+    s = 1.0 + rng.uniform(-scale, scale) if scale > 0 else 1.0
+    t = rng.uniform(-shift, shift, 2) * size if shift > 0 else np.zeros(2)
+    c = size / 2.0
+    return np.array([[s, 0.0, c - s * c + t[0]], [0.0, s, c - s * c + t[1]]])
+
+
+def _warp(image: torch.Tensor, A: np.ndarray, padding: str) -> torch.Tensor:
+    """Resample (C,S,S) so that output pixel x' shows input point A⁻¹x' (bilinear; pixel centres at +½)."""
+    size = image.shape[-1]
+    s, t = A[0, 0], A[:, 2]
+    coords = (torch.arange(size, dtype=torch.float64) + 0.5)
+    src_x = (coords - t[0]) / s
+    src_y = (coords - t[1]) / s
+    gx, gy = 2 * src_x / size - 1, 2 * src_y / size - 1  # align_corners=False convention
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None].to(image.dtype)
+    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode=padding, align_corners=False)[0]
+
+
+class ClipPairDataset(Dataset):
+    """(source, target) pairs over the complete clips under `root` (see the module docstring).
+
+    root: folder of clips; split: None or "train" | "val" | "test" (by `split_of(identity)`); size: expected
+    image size (None = whatever the clips have, but all must agree); augment: `Augment` (None = off); seed: item i
+    of epoch e is drawn from (seed, e, i); with_ground_truth: add gt_* keys when the clips carry them.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str | None = None, size: int | None = None,
+                 augment: Augment | None = None, seed: int = 0, with_ground_truth: bool = True) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"ClipPairDataset: {root} is not a folder; generate clips with "
+                                    f"`python -m sheap_lite.data.synthetic --out {root} --preset ci` or prepare "
+                                    "real ones with data_scripts/")
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"ClipPairDataset: split must be None or one of {SPLITS}, got {split!r}")
+        clips = list_clips(root)
+        if not clips:
+            raise ValueError(f"ClipPairDataset: no complete clips (folders with meta.json) under {root}; generate "
+                             f"some with `python -m sheap_lite.data.synthetic --out {root} --preset ci`")
+        metas = [json.loads((p / "meta.json").read_text()) for p in clips]
+        sizes = sorted({int(m["size"]) for m in metas})
+        if size is not None and sizes != [int(size)]:
+            raise ValueError(f"ClipPairDataset: expected {size}x{size} clips under {root}, found sizes {sizes}; "
+                             "regenerate with --size or pass the matching size")
+        if len(sizes) > 1:
+            raise ValueError(f"ClipPairDataset: clips under {root} have different sizes {sizes}; keep one size per "
+                             "folder (or pass size= and move the others out)")
+        keep = [i for i, m in enumerate(metas) if split is None or split_of(m.get("identity", "")) == split]
+        if not keep:
+            raise ValueError(f"ClipPairDataset: none of the {len(clips)} clips under {root} is in split {split!r} "
+                             "(identities are split 80/10/10 by hash: generate more clips)")
+        self.root, self.split, self.size = root, split, sizes[0]
+        self.clips = [clips[i] for i in keep]
+        self.metas = [metas[i] for i in keep]
+        self.augment = augment or Augment()
+        self.seed, self.epoch, self.with_ground_truth = int(seed), 0, with_ground_truth
+        counts = np.array([int(m["n_frames"]) for m in self.metas])
+        if (counts < 1).any():
+            raise ValueError(f"ClipPairDataset: a clip under {root} has no frames")
+        self._clip_of = np.repeat(np.arange(len(self.clips)), counts)
+        self._frame_of = np.concatenate([np.arange(c) for c in counts])
+
+    def __len__(self) -> int:
+        return len(self._clip_of)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the random draws (source frames, augmentation) for a new epoch."""
+        self.epoch = int(epoch)
+
+    def identities(self) -> list[str]:
+        return sorted({m.get("identity", "") for m in self.metas})
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"ClipPairDataset index {index} out of range for {len(self)} items")
+        index = index % len(self)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        c, target = int(self._clip_of[index]), int(self._frame_of[index])
+        n = int(self.metas[c]["n_frames"])
+        source = target if n == 1 else int((target + rng.integers(1, n)) % n)
+        clip = load_clip(self.clips[c], frames=[source, target])
+        if clip.frames.shape[1] != self.size:
+            raise ValueError(f"{self.clips[c]}: frames are {clip.frames.shape[1]} px but meta.json says {self.size}")
+        images = torch.from_numpy(clip.frames.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255))  # (2,3,S,S)
+        mask = torch.from_numpy(clip.masks[1][None].astype(np.float32) / np.float32(255))
+        landmarks = torch.from_numpy(clip.landmarks[1]).float()
+        visible = torch.from_numpy(clip.landmarks_visible[1]).bool()
+        aug, flipped, A = self.augment, False, np.array([[1.0, 0, 0], [0, 1.0, 0]])
+        if aug.colour > 0:
+            images = _colour_jitter(images, rng, aug.colour)
+        if aug.flip > 0 and rng.uniform() < aug.flip:
+            flipped = True
+            images, mask = images.flip(-1), mask.flip(-1)
+            landmarks, visible = mirror_landmarks(landmarks, visible, self.size)
+            A = np.array([[-1.0, 0, self.size], [0, 1.0, 0]])
+        if aug.scale > 0 or aug.shift > 0:
+            warps = [_affine(rng, self.size, aug.scale, aug.shift) for _ in range(2)]
+            images = torch.stack([_warp(images[k], warps[k], "border") for k in range(2)])
+            mask = (_warp(mask, warps[1], "zeros") > 0.5).float()
+            landmarks = landmarks @ torch.as_tensor(warps[1][:, :2].T, dtype=torch.float32) + torch.as_tensor(
+                warps[1][:, 2], dtype=torch.float32)
+            inside = ((landmarks >= 0) & (landmarks < self.size)).all(-1)
+            visible = visible & inside
+            A = warps[1] @ np.vstack([A, [0, 0, 1]])
+        item = dict(source_image=images[0], target_image=images[1], target_mask=mask,
+                    target_landmarks=landmarks, target_landmarks_visible=visible, clip=self.clips[c].name,
+                    clip_index=c, identity=str(self.metas[c].get("identity", "")), source_frame=source,
+                    target_frame=target, flipped=flipped, target_affine=torch.as_tensor(A, dtype=torch.float32))
+        if self.with_ground_truth:
+            for key in GT_KEYS:
+                if key in clip.ground_truth:
+                    value = clip.ground_truth[key]
+                    value = value[1] if key in _PER_FRAME else value  # load_clip returned [source, target]
+                    item[f"gt_{key}"] = torch.from_numpy(np.ascontiguousarray(value)).float()
+        return item

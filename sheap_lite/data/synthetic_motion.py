@@ -1,0 +1,165 @@
+"""Smooth parameter sequences for synthetic clips: expressions, eyelids, pose, gaze, framing and lighting.
+
+Every function takes a `numpy.random.Generator` and returns float64 arrays over T frames; nothing here touches
+torch, so a clip's parameters depend on its seed alone. Time is normalised over the clip (t = 0 … 1), so a clip
+of 6 frames and one of 16 show the same kind of motion, the longer one sampled more densely.
+
+For the built-in head (its expression basis is named after ARKit's facial actions) each clip has one dominant
+expression from `EXPRESSION_PRESETS`: a combination of actions scaled by a temporal envelope, plus small smooth
+noise on a few other actions. For FLAME's unnamed basis the expression is smooth random coefficients (label None).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Dominant expressions as ARKit facial-action combinations (weights at full intensity). "open" is the mouth
+# opening: it drives the jaw joint (and, on the built-in head, part of `jawOpen`); "eyelids" closes the eyes.
+EXPRESSION_PRESETS: dict[str, dict[str, float]] = {
+    "neutral": {},
+    "smile": {"mouthSmileLeft": 0.85, "mouthSmileRight": 0.85, "cheekSquintLeft": 0.4, "cheekSquintRight": 0.4,
+              "eyeSquintLeft": 0.25, "eyeSquintRight": 0.25, "mouthDimpleLeft": 0.2, "mouthDimpleRight": 0.2},
+    "laugh": {"mouthSmileLeft": 0.9, "mouthSmileRight": 0.9, "cheekSquintLeft": 0.5, "cheekSquintRight": 0.5,
+              "eyeSquintLeft": 0.35, "eyeSquintRight": 0.35, "mouthUpperUpLeft": 0.3, "mouthUpperUpRight": 0.3,
+              "open": 0.55},
+    "surprise": {"browInnerUp": 0.85, "browOuterUpLeft": 0.75, "browOuterUpRight": 0.75, "eyeWideLeft": 0.7,
+                 "eyeWideRight": 0.7, "open": 0.5, "mouthFunnel": 0.2},
+    "anger": {"browDownLeft": 0.85, "browDownRight": 0.85, "noseSneerLeft": 0.4, "noseSneerRight": 0.4,
+              "eyeSquintLeft": 0.35, "eyeSquintRight": 0.35, "mouthPressLeft": 0.45, "mouthPressRight": 0.45,
+              "mouthFrownLeft": 0.3, "mouthFrownRight": 0.3},
+    "sadness": {"browInnerUp": 0.7, "mouthFrownLeft": 0.75, "mouthFrownRight": 0.75, "mouthShrugLower": 0.35,
+                "mouthPressLeft": 0.2, "mouthPressRight": 0.2, "eyeSquintLeft": 0.1, "eyeSquintRight": 0.1},
+    "disgust": {"noseSneerLeft": 0.8, "noseSneerRight": 0.8, "mouthUpperUpLeft": 0.6, "mouthUpperUpRight": 0.6,
+                "browDownLeft": 0.35, "browDownRight": 0.35, "mouthShrugUpper": 0.3},
+    "jaw_open": {"open": 0.95, "mouthLowerDownLeft": 0.25, "mouthLowerDownRight": 0.25},
+    "pucker": {"mouthPucker": 0.9, "mouthFunnel": 0.35, "cheekPuff": 0.15},
+    "smirk": {"mouthSmileLeft": 0.8, "mouthDimpleLeft": 0.3, "cheekSquintLeft": 0.3, "eyeSquintLeft": 0.2,
+              "mouthLeft": 0.25},
+    "blink": {"eyelids": 0.95, "browDownLeft": 0.15, "browDownRight": 0.15},
+}
+
+# Mouth opening o in [0,1] -> jaw pitch (rad, about +x, which opens the mouth) and, on the built-in head, jawOpen.
+JAW_PITCH_PER_OPEN = 0.3
+JAW_OPEN_ACTION_PER_OPEN = 0.25
+_SKIP_NOISE = ("eyeBlink", "eyeLook", "jawOpen")  # eyelids, gaze and jaw have their own channels
+
+
+def smooth_noise(rng: np.random.Generator, t: np.ndarray, dims: int, cycles=(0.3, 1.5), n_waves: int = 3):
+    """Zero-mean smooth random curves (T, dims) with unit-ish amplitude: a sum of `n_waves` sinusoids per curve with
+    random frequencies (cycles per clip), phases and weights, normalised so the weights' squares sum to 1."""
+    freq = rng.uniform(*cycles, size=(n_waves, dims))
+    phase = rng.uniform(0.0, 2 * np.pi, size=(n_waves, dims))
+    weight = rng.normal(size=(n_waves, dims))
+    weight /= np.maximum(np.linalg.norm(weight, axis=0, keepdims=True), 1e-9)
+    return np.einsum("wd,twd->td", weight, np.sin(2 * np.pi * freq[None] * t[:, None, None] + phase[None]))
+
+
+def envelope(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
+    """A temporal intensity profile (T,) in [0,1]: hold, rise, fall or a bump, with a random peak."""
+    peak = rng.uniform(0.55, 1.0)
+    kind = rng.choice(["hold", "rise", "fall", "bump"])
+    centre, width = rng.uniform(0.25, 0.75), rng.uniform(0.06, 0.2)
+    if kind == "hold":
+        shape = np.ones_like(t)
+    elif kind == "rise":
+        shape = 1.0 / (1.0 + np.exp(-(t - centre) / width))
+    elif kind == "fall":
+        shape = 1.0 / (1.0 + np.exp((t - centre) / width))
+    else:
+        shape = np.exp(-0.5 * ((t - centre) / (1.6 * width)) ** 2)
+    base = rng.uniform(0.0, 0.2)
+    return np.clip(base + (peak - base) * shape + 0.03 * smooth_noise(rng, t, 1)[:, 0], 0.0, 1.0)
+
+
+def blinks(rng: np.random.Generator, n_frames: int, rate: float = 0.8) -> np.ndarray:
+    """Eyelid closure (T,) in [0,1] from random blinks (Poisson count, `rate` per clip), each about 2 frames wide."""
+    closure = np.zeros(n_frames)
+    frames = np.arange(n_frames)
+    for _ in range(rng.poisson(rate)):
+        at, width = rng.uniform(0, n_frames - 1), rng.uniform(0.5, 1.0)
+        closure = np.maximum(closure, rng.uniform(0.7, 1.0) * np.exp(-0.5 * ((frames - at) / width) ** 2))
+    return closure
+
+
+def expression_sequence(rng: np.random.Generator, t: np.ndarray, names: list[str] | None, n_expression: int,
+                        scale: float = 1.0, label: str | None = None, noise: float = 0.06):
+    """(label, expression (T,E), mouth opening (T,), eyelids (T,2)).
+
+    Named (ARKit) basis: a preset (`label`, or a random one) times an envelope, plus `noise`-amplitude smooth noise
+    on four other actions, clipped to [0,1]. Unnamed basis: smooth random coefficients (decaying std over the first
+    20 components) and a random mouth opening; label None.
+    """
+    n = len(t)
+    expression = np.zeros((n, n_expression))
+    eyelids = np.repeat(rng.uniform(0.0, 0.1) + blinks(rng, n)[:, None], 2, axis=1)
+    if names is None:
+        k = min(20, n_expression)
+        std = np.linspace(1.0, 0.3, k) * scale
+        expression[:, :k] = (rng.normal(size=k) * 0.6 + 0.7 * smooth_noise(rng, t, k)) * std
+        opening = envelope(rng, t) * rng.uniform(0.0, 0.8) if rng.uniform() < 0.5 else np.zeros(n)
+        return None, expression, opening, np.clip(eyelids, 0.0, 1.0)
+    if label is None:
+        label = str(rng.choice(sorted(EXPRESSION_PRESETS)))
+    if label not in EXPRESSION_PRESETS:
+        raise ValueError(f"unknown expression preset {label!r}; choose from {sorted(EXPRESSION_PRESETS)}")
+    index = {name: i for i, name in enumerate(names)}
+    amount = envelope(rng, t) * scale
+    opening = np.zeros(n)
+    for action, weight in EXPRESSION_PRESETS[label].items():
+        if action == "open":
+            opening = weight * amount
+        elif action == "eyelids":
+            eyelids = np.maximum(eyelids, weight * amount[:, None])
+        elif action in index:
+            expression[:, index[action]] += weight * amount
+    others = [i for i, name in enumerate(names) if not name.startswith(_SKIP_NOISE)]
+    chosen = rng.choice(others, size=min(4, len(others)), replace=False)
+    expression[:, chosen] += noise * scale * np.abs(smooth_noise(rng, t, len(chosen)))
+    if "jawOpen" in index:
+        expression[:, index["jawOpen"]] += JAW_OPEN_ACTION_PER_OPEN * opening
+    return label, np.clip(expression, 0.0, 1.0), opening, np.clip(eyelids, 0.0, 1.0)
+
+
+def gaze_sequence(rng: np.random.Generator, t: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Eye rotations (T,3) axis-angle shared by both eyes: 1-3 fixations (pitch about x, yaw about y) joined by
+    quick saccades."""
+    n_fix = int(rng.integers(1, 4))
+    switches = np.sort(rng.uniform(0.1, 0.9, size=n_fix - 1))
+    targets = np.stack([rng.uniform(-0.15, 0.15, n_fix), rng.uniform(-0.25, 0.25, n_fix)], axis=1) * scale
+    gaze = np.repeat(targets[:1], len(t), axis=0)
+    for k, at in enumerate(switches):
+        step = 1.0 / (1.0 + np.exp(-(t - at) / 0.02))
+        gaze = gaze + step[:, None] * (targets[k + 1] - targets[k])
+    return np.concatenate([gaze, np.zeros((len(t), 1))], axis=1)
+
+
+def pose_sequence(rng: np.random.Generator, t: np.ndarray, opening: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Pose (T,5,3) axis-angle [global, neck, jaw, eye_left, eye_right]: a small constant global tilt, the head's
+    motion on the neck (base pitch/yaw/roll plus smooth motion), the jaw pitch tied to the mouth opening (with a
+    little noise), both eyes following one gaze."""
+    n = len(t)
+    pose = np.zeros((n, 5, 3))
+    pose[:, 0] = rng.uniform(-1, 1, 3) * np.array([0.08, 0.1, 0.04]) * scale
+    base = rng.uniform(-1, 1, 3) * np.array([0.2, 0.45, 0.1])
+    motion = smooth_noise(rng, t, 3) * np.array([0.06, 0.12, 0.04])
+    pose[:, 1] = (base + motion) * scale
+    pose[:, 2, 0] = np.maximum(JAW_PITCH_PER_OPEN * opening + 0.01 * smooth_noise(rng, t, 1)[:, 0], 0.0)
+    pose[:, 3] = pose[:, 4] = gaze_sequence(rng, t, scale)
+    return pose
+
+
+def framing_jitter(rng: np.random.Generator, t: np.ndarray, lateral: float = 0.01, depth: float = 0.05):
+    """Where the face centre goes (T,3), metres, relative to the framing target: a per-clip offset (±`lateral` in x/y,
+    ±`depth` in z) plus a smooth drift of a third of a centimetre, like a face tracker's crop."""
+    offset = rng.uniform(-1, 1, 3) * np.array([lateral, lateral, depth])
+    return offset + 0.003 * smooth_noise(rng, t, 3)
+
+
+def lighting(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ambient level (3,), light direction (3,) towards the light, light intensity (3,)): a slightly tinted
+    ambient term and one directional light from the camera's hemisphere."""
+    tint = lambda spread: 1.0 + rng.uniform(-spread, spread, 3)  # noqa: E731
+    ambient = rng.uniform(0.55, 0.8) * tint(0.06)
+    direction = np.array([rng.uniform(-1, 1), rng.uniform(-0.4, 1.0), rng.uniform(0.25, 1.0)])
+    intensity = rng.uniform(0.2, 0.6) * tint(0.1)
+    return ambient, direction / np.linalg.norm(direction), intensity

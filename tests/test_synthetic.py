@@ -1,0 +1,296 @@
+"""Synthetic clips (sheap_lite.data.synthetic*): stored annotations against the ground truth they claim,
+determinism (same seed → same bytes, serial == parallel), resumption, identity splits, the parameter sequences,
+the procedural albedo and the command line. One tiny set is generated once for the module (~1 s)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sheap_lite.camera import look_at_viewmat, project
+from sheap_lite.data.clip_format import list_clips, load_clip
+from sheap_lite.data.synthetic import (PRESETS, SyntheticConfig, _load_flame, back_facing, clip_name,
+                                       generate_clip, generate_dataset, identity_of, landmark_visibility, main,
+                                       render_frames, split_of)
+from sheap_lite.data.synthetic_albedo import MOUTH_INTERIOR, background_image, procedural_albedo
+from sheap_lite.data.synthetic_motion import (EXPRESSION_PRESETS, JAW_PITCH_PER_OPEN, expression_sequence,
+                                              pose_sequence)
+from sheap_lite.flame import FLAME
+
+TINY = SyntheticConfig(clips=4, frames=3, size=48, seed=7, clips_per_identity=2)
+GT_SHAPES = {"expression": (3, None), "pose": (3, 5, 3), "eyelids": (3, 2), "translation": (3, 3), "sh": (3, 9, 3),
+             "viewmat": (4, 4), "K": (3, 3)}
+
+
+@pytest.fixture(scope="module")
+def flame() -> FLAME:
+    return _load_flame(None)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    summary = generate_dataset(out, TINY, workers=1, progress=False)
+    assert summary["written"] == TINY.clips and summary["skipped"] == 0
+    return out
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def flame_from_gt(flame: FLAME, gt: dict):
+    t = len(gt["expression"])
+    as_t = torch.from_numpy
+    return flame(shape=as_t(gt["shape"]).expand(t, -1), expression=as_t(gt["expression"]), pose=as_t(gt["pose"]),
+                 eyelids=as_t(gt["eyelids"]), translation=as_t(gt["translation"]))
+
+
+# ---- stored annotations = what the ground truth says ---------------------------------------------------------
+def test_layout_meta_and_ground_truth(tiny, flame):
+    clips = list_clips(tiny)
+    assert [c.name for c in clips] == [clip_name(i) for i in range(TINY.clips)]
+    for i, path in enumerate(clips):
+        clip = load_clip(path)
+        assert clip.frames.shape == (3, 48, 48, 3) and clip.frames.dtype == np.uint8
+        assert clip.masks.shape == (3, 48, 48) and set(np.unique(clip.masks)) <= {0, 255}
+        meta = clip.meta
+        assert meta["source"] == "synthetic" and meta["identity"] == identity_of(TINY, i)[1]
+        assert meta["label"] in EXPRESSION_PRESETS and meta["head_model"] == flame.name
+        assert meta["seed"] == TINY.seed and meta["clip_index"] == i
+        gt = clip.ground_truth
+        assert gt["shape"].shape == (flame.n_shape,)
+        for key, shape in GT_SHAPES.items():
+            assert gt[key].dtype == np.float32
+            assert gt[key].shape == tuple(flame.n_expression if s is None else s for s in shape), key
+        np.testing.assert_allclose(gt["K"], [[4 * 48, 0, 24], [0, 4 * 48, 24], [0, 0, 1]], rtol=2e-3)
+        np.testing.assert_array_equal(gt["viewmat"], look_at_viewmat(1.0).numpy())
+    # clips 0 and 1 share an identity (clips_per_identity=2): same shape, different motion
+    a, b, c = (load_clip(p).ground_truth for p in clips[:3])
+    np.testing.assert_array_equal(a["shape"], b["shape"])
+    assert not np.array_equal(a["shape"], c["shape"]) and not np.array_equal(a["pose"], b["pose"])
+
+
+def test_landmarks_are_the_projected_ground_truth_landmarks(tiny, flame):
+    for path in list_clips(tiny):
+        clip = load_clip(path)
+        gt = clip.ground_truth
+        out = flame_from_gt(flame, gt)
+        pixels = project(out.landmarks, torch.from_numpy(gt["viewmat"]), torch.from_numpy(gt["K"])).numpy()
+        assert np.abs(pixels - clip.landmarks).max() < 1e-3
+        # framed like a face crop: the landmarks' centroid near the centre, the face spanning half the image
+        centre = clip.landmarks.mean(1)
+        assert np.all(np.abs(centre - 24) < 10), centre
+        span = clip.landmarks[..., 0].max(1) - clip.landmarks[..., 0].min(1)
+        assert np.all((span > 0.3 * 48) & (span < 0.9 * 48)), span
+        assert clip.landmarks_visible.mean() > 0.75
+
+
+def test_masks_match_a_re_rendered_alpha(tiny, flame):
+    for path in list_clips(tiny)[:2]:
+        clip = load_clip(path)
+        gt = clip.ground_truth
+        t = 1  # one frame alone (the clip was rendered as a batch of three)
+        _, rendered, _, _ = render_frames(flame, gt["shape"], gt["expression"][t:t + 1], gt["pose"][t:t + 1],
+                                          gt["eyelids"][t:t + 1], gt["translation"][t:t + 1], TINY.size)
+        mask = rendered.alpha[0, 0].numpy() > 0.5
+        np.testing.assert_array_equal(mask, clip.masks[t] == 255)
+        assert 0.15 < mask.mean() < 0.9
+    # lightly soft rendering: the mask is its soft alpha thresholded at 0.5
+    soft = dataclasses.replace(TINY, frames=2, size=32, render_mode="soft")
+    clip = generate_clip(flame, soft, 0)
+    gt = clip["ground_truth"]
+    _, rendered, _, _ = render_frames(flame, gt["shape"], gt["expression"][1:], gt["pose"][1:], gt["eyelids"][1:],
+                                      gt["translation"][1:], 32, mode="soft", sigma=soft.soft_sigma,
+                                      faces_per_pixel=soft.faces_per_pixel)
+    alpha = rendered.alpha[0, 0].numpy()
+    np.testing.assert_array_equal(alpha > 0.5, clip["masks"][1] == 255)
+    assert ((alpha > 0.02) & (alpha < 0.98)).any()  # anti-aliased edges
+
+
+def test_landmark_visibility_follows_the_head_turn(flame):
+    pose = np.zeros((3, 5, 3), np.float32)
+    pose[1, 1, 1], pose[2, 1, 1] = 0.9, -0.9  # neck yaw: +y turns the face towards the subject's left (+x)
+    translation = np.tile(np.float32([[0.0, 0.02, 0.0]]), (3, 1))
+    out, rendered, viewmat, K = render_frames(flame, np.zeros(flame.n_shape, np.float32),
+                                              np.zeros((3, flame.n_expression), np.float32), pose,
+                                              np.zeros((3, 2), np.float32), translation, 64)
+    pixels = project(out.landmarks, viewmat, K)
+    depth = (out.landmarks @ viewmat[:3, :3].T + viewmat[:3, 3])[..., 2]
+    visible = landmark_visibility(pixels, depth, rendered.depth, rendered.alpha).numpy()
+    frontal = list(range(0, 33)) + list(range(36, 68))
+    assert visible[0, frontal].all()
+    # turned to its left: the subject's right cheek (iBUG 0-6, image left) faces the camera, the left jaw hides
+    assert visible[1, 0:7].all() and not visible[1, 10:17].any()
+    assert visible[2, 10:17].all() and not visible[2, 0:7].any()
+    # outside the image: invisible whatever the depth
+    shifted = pixels + torch.tensor([100.0, 0.0])
+    assert not landmark_visibility(shifted, depth, rendered.depth, rendered.alpha).any()
+
+
+# ---- determinism, parallelism, resumption --------------------------------------------------------------------
+def test_same_seed_same_bytes_different_seed_differs(tmp_path, tiny):
+    config = dataclasses.replace(TINY, clips=2)
+    generate_dataset(tmp_path / "a", config, workers=1, progress=False)
+    first, again = files_of(tmp_path / "a"), {k: v for k, v in files_of(tiny).items() if k.startswith(
+        (clip_name(0), clip_name(1)))}
+    assert first == again and len(first) == 2 * (2 * 3 + 2)
+    generate_dataset(tmp_path / "b", dataclasses.replace(config, seed=8), workers=1, progress=False)
+    other = files_of(tmp_path / "b")
+    assert other.keys() == first.keys()
+    assert all(other[k] != first[k] for k in first if k.endswith(".png") and "frames" in k)
+    assert load_clip(tmp_path / "b" / clip_name(0)).meta["identity"] != load_clip(tiny / clip_name(0)).meta["identity"]
+
+
+def test_parallel_equals_serial_and_resume(tmp_path, tiny):
+    out = tmp_path / "parallel"
+    summary = generate_dataset(out, TINY, workers=2, progress=False)
+    assert summary["workers"] == 2 and summary["written"] == TINY.clips
+    assert files_of(out) == files_of(tiny)
+    # resume: a finished clip is kept, a half-written one (no meta.json) is replaced
+    (out / clip_name(3) / "meta.json").unlink()
+    summary = generate_dataset(out, TINY, workers=1, progress=False)
+    assert (summary["written"], summary["skipped"]) == (1, TINY.clips - 1)
+    assert files_of(out) == files_of(tiny)
+
+
+def test_command_line(tmp_path, capsys):
+    summary = main(["--out", str(tmp_path), "--preset", "ci", "--clips", "1", "--frames", "2", "--size", "32",
+                    "--seed", "3", "--workers", "1", "--quiet"])
+    assert summary["written"] == 1
+    clip = load_clip(tmp_path / clip_name(0))
+    assert clip.frames.shape == (2, 32, 32, 3) and clip.meta["seed"] == 3
+    assert "1 clips written" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path), "--preset", "ci", "--clips", "1", "--frames", "2", "--size", "32",
+                 "--seed", "3", "--quiet"])["skipped"] == 1
+    assert PRESETS["ci"].clips * PRESETS["ci"].frames * PRESETS["ci"].size ** 2 < PRESETS["small"].clips * \
+        PRESETS["small"].frames * PRESETS["small"].size ** 2
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="size"):
+        SyntheticConfig(size=8)
+    with pytest.raises(ValueError, match="render_mode"):
+        SyntheticConfig(render_mode="wireframe")
+    with pytest.raises(ValueError, match="clips"):
+        SyntheticConfig(clips=0)
+    with pytest.raises(ValueError, match="seed"):
+        SyntheticConfig(seed=-1)
+    with pytest.raises(ValueError, match="background"):
+        SyntheticConfig(background="stripes")
+    with pytest.raises(ValueError, match="background"):
+        background_image(np.random.default_rng(0), 16, "stripes")
+    with pytest.raises(ValueError, match="unknown expression"):
+        expression_sequence(np.random.default_rng(0), np.linspace(0, 1, 4), ["a"], 1, label="grin")
+
+
+# ---- identity split --------------------------------------------------------------------------------------------
+def test_split_by_identity_is_stable_disjoint_and_covering():
+    ids = [f"syn0-{k:06d}" for k in range(3000)]
+    splits = [split_of(i) for i in ids]
+    assert splits == [split_of(i) for i in ids]  # stable (no salted hash)
+    assert set(splits) == {"train", "val", "test"}
+    fractions = [splits.count(s) / len(ids) for s in ("train", "val", "test")]
+    np.testing.assert_allclose(fractions, [0.8, 0.1, 0.1], atol=0.03)
+    groups = {s: {i for i, t in zip(ids, splits) if t == s} for s in ("train", "val", "test")}
+    assert sum(len(g) for g in groups.values()) == len(ids) and set().union(*groups.values()) == set(ids)
+    assert split_of("video:abc.mp4") == split_of("video:abc.mp4")
+    assert [split_of(i, (0.0, 0.0, 1.0)) for i in ids[:20]] == ["test"] * 20
+    with pytest.raises(ValueError):
+        split_of("x", (0.5, 0.6, 0.1))
+
+
+# ---- sequences and appearance ----------------------------------------------------------------------------------
+def test_expression_presets_drive_their_actions(flame):
+    names, t = flame.expression_names, np.linspace(0, 1, 16)
+    for label, combo in EXPRESSION_PRESETS.items():
+        rng = np.random.default_rng(1)
+        got, expression, opening, eyelids = expression_sequence(rng, t, names, len(names), label=label)
+        assert got == label and expression.shape == (16, len(names))
+        assert expression.min() >= 0 and expression.max() <= 1 and eyelids.min() >= 0 and eyelids.max() <= 1
+        assert np.abs(np.diff(expression, axis=0)).max() < 0.35  # smooth: no jumps between frames
+        peak = expression.max(0)
+        named = [a for a in combo if a in names]
+        if named:  # the preset's strongest action is among the strongest of the clip
+            strongest = max(named, key=combo.get)
+            assert peak[names.index(strongest)] >= 0.5 * combo[strongest] * 0.55
+        assert (opening.max() > 0.2) == ("open" in combo)
+        pose = pose_sequence(rng, t, opening)
+        np.testing.assert_allclose(pose[:, 2, 0], np.maximum(JAW_PITCH_PER_OPEN * opening, 0), atol=0.02)
+        np.testing.assert_array_equal(pose[:, 3], pose[:, 4])  # both eyes follow one gaze
+        assert np.abs(pose[:, 1]).max() < 0.75 and np.abs(np.diff(pose[:, 1], axis=0)).max() < 0.1
+    _, _, _, eyelids = expression_sequence(np.random.default_rng(1), t, names, len(names), label="blink")
+    assert eyelids.max() > 0.5
+
+
+def test_unnamed_expression_basis_gives_no_label(flame):
+    data = dataclasses.replace(flame.data, expression_names=None)  # FLAME's basis has no names
+    clip = generate_clip(FLAME(data), dataclasses.replace(TINY, frames=2, size=32), 0)
+    assert clip["meta"]["label"] is None
+    assert np.abs(clip["ground_truth"]["expression"][:, :10]).max() > 0.05
+
+
+def test_procedural_albedo_paints_lips_brows_and_eyes(flame):
+    rest = flame()
+    v, lm = rest.vertices[0].numpy(), rest.landmarks[0].numpy()
+    weights = flame.lbs_weights.numpy()
+    near = lambda p, r: np.linalg.norm(v - p, axis=1) < r  # noqa: E731
+    for seed in range(4):
+        rgb = procedural_albedo(np.random.default_rng(seed), v, flame.faces.numpy(), lm, weights,
+                                rest.joints[0, 3:5].numpy())
+        assert rgb.shape == v.shape and rgb.min() >= 0 and rgb.max() <= 1
+        lips = rgb[near((lm[51] + lm[57]) / 2, 0.004) & (v[:, 2] > lm[48:60, 2].min() - 0.01)].mean(0)
+        cheek = rgb[near(0.5 * lm[3] + 0.5 * lm[48], 0.006)].mean(0)
+        assert lips[0] / lips[1] > 1.15 * cheek[0] / cheek[1]  # redder
+        assert lips.sum() < cheek.sum()  # darker
+        eye = weights[:, 3] > 0.999
+        front = eye & (v[:, 2] > v[eye, 2].max() - 1e-4)
+        assert rgb[front].sum(1).max() < 0.3 and rgb[eye].sum(1).max() > 2.4  # dark pupil, white sclera
+
+
+def test_mouth_interior_shows_only_when_the_mouth_opens(flame):
+    rest = flame()
+    rgb = procedural_albedo(np.random.default_rng(0), rest.vertices[0].numpy(), flame.faces.numpy(),
+                            rest.landmarks[0].numpy(), flame.lbs_weights.numpy(), rest.joints[0, 3:5].numpy())
+    pose = np.zeros((2, 5, 3), np.float32)
+    pose[1, 2, 0] = 0.3  # jaw open
+    out, rendered, viewmat, K = render_frames(flame, np.zeros(flame.n_shape, np.float32),
+                                              np.zeros((2, flame.n_expression), np.float32), pose,
+                                              np.zeros((2, 2), np.float32), np.float32([[0, 0.02, 0]] * 2), 96, rgb)
+    interior = torch.from_numpy(np.isclose(rgb, MOUTH_INTERIOR).all(1))
+    seen = rendered.face_index[:, 0]
+    dark = interior[flame.faces[seen.clamp_min(0)]].all(-1) & (seen >= 0)
+    lips = project(out.landmarks[:, 48:68], viewmat, K)  # (2,20,2)
+    # closed: at most the mouth line (between the corners, on the inner lip line) is dark
+    rows, cols = torch.nonzero(dark[0], as_tuple=True)
+    line = lips[0, [14, 18], 1]  # iBUG 62, 66: the inner lips' midpoints
+    assert len(rows) <= 10 and ((rows + 0.5 - line.mean()).abs() <= 1.5).all()
+    assert ((cols + 0.5 >= lips[0, 0, 0]) & (cols + 0.5 <= lips[0, 6, 0])).all()
+    # open: a dark mouth inside the lips' contour
+    rows, cols = torch.nonzero(dark[1], as_tuple=True)
+    assert len(rows) >= 50
+    assert lips[1, :, 1].min() <= rows.float().mean() + 0.5 <= lips[1, :, 1].max()
+    assert lips[1, :, 0].min() <= cols.float().mean() + 0.5 <= lips[1, :, 0].max()
+
+
+def test_back_facing_pixels():
+    # one triangle at z = 0 facing the camera (+z, counter-clockwise seen from +z), and the same one flipped
+    vertices = torch.tensor([[[-0.01, -0.01, 0.0], [0.01, -0.01, 0.0], [0.0, 0.01, 0.0]]])
+    faces = torch.tensor([[0, 1, 2], [0, 2, 1]])
+    face_index = torch.tensor([0, 1, -1]).reshape(1, 1, 1, 3)
+    got = back_facing(vertices, faces, face_index, look_at_viewmat(1.0))
+    assert got.shape == (1, 1, 1, 3) and got.flatten().tolist() == [False, True, False]
+
+
+def test_backgrounds():
+    rng = np.random.default_rng(0)
+    for kind in ("flat", "gradient", "noise", "black", "random"):
+        image = background_image(rng, 24, kind)
+        assert image.shape == (24, 24, 3) and image.min() >= 0 and image.max() <= 1
+    assert np.ptp(background_image(rng, 24, "flat"), axis=(0, 1)).max() == 0
+    noise = background_image(rng, 32, "noise")
+    assert np.abs(np.diff(noise, axis=0)).max() < 0.25 and np.ptp(noise) > 0.1  # smooth but not flat
