@@ -294,3 +294,96 @@ def surfels_explorer(flame, binding, local, ambient: float = 0.35, directional: 
     box = widgets.HBox([widgets.VBox(list(controls.values())), figure])
     box.sliders = controls
     return box
+
+
+# ---- rendered images and training curves --------------------------------------------------------------------------
+IMAGE_KINDS = ("rgb", "normal", "map")
+
+
+def _as_image(image) -> np.ndarray:
+    """(3,H,W) / (1,H,W) / (H,W) tensor or array (one image, channel-first as the renderer returns) → (H,W,3) or
+    (H,W) float array."""
+    a = _np(image).astype(np.float64)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    elif a.ndim == 3 and a.shape[0] == 3:
+        a = np.moveaxis(a, 0, -1)
+    elif a.ndim != 2:
+        raise ValueError(f"image_figure: each image must be (3,H,W), (1,H,W) or (H,W) without a batch dim, got "
+                         f"{a.shape}; e.g. out.rgb[0], out.alpha[0].")
+    return a
+
+
+def image_figure(images: Sequence, titles: Sequence[str] | None = None, cols: int = 4,
+                 colorscale: str = "Viridis", cell_px: int = 240, kinds: Sequence[str | None] | None = None,
+                 zrange: Sequence | None = None) -> go.Figure:
+    """Rendered images side by side, row 0 at the top, square pixels.
+
+    images: (3,H,W), (1,H,W) or (H,W) tensors or arrays (no batch dim). kinds (one per image, default by shape):
+    "rgb" (3 channels in [0,1], drawn as a `go.Image`, clipped), "normal" (3 channels in [-1,1], drawn as the rgb
+    image (n+1)/2, so +x red, +y green, +z blue and a normal facing +z is (0.5,0.5,1)), "map" (one channel, e.g.
+    alpha, depth, distortion: a `go.Heatmap` in `colorscale` with its own colour bar; NaN pixels are left blank).
+    zrange: optional (min, max) per image for the maps (None = the map's own range). cell_px: the size of one
+    panel in pixels (the figure grows by the gaps between panels, room for the colour bars when there are maps).
+    """
+    arrays = [_as_image(image) for image in images]
+    if not arrays:
+        raise ValueError("image_figure: pass at least one image.")
+    kinds = list(kinds) if kinds is not None else [None] * len(arrays)
+    zrange = list(zrange) if zrange is not None else [None] * len(arrays)
+    if len(kinds) != len(arrays) or len(zrange) != len(arrays) or (titles is not None and len(titles) != len(arrays)):
+        raise ValueError(f"image_figure: got {len(arrays)} images but {len(kinds)} kinds, {len(zrange)} ranges and "
+                         f"{None if titles is None else len(titles)} titles; give one per image.")
+    cols = max(1, min(int(cols), len(arrays)))
+    rows = (len(arrays) + cols - 1) // cols
+    gap = 75 if any(k == "map" or (k is None and a.ndim == 2) for k, a in zip(kinds, arrays)) else 15  # colour bars
+    width, height = cols * cell_px + (cols - 1) * gap, rows * cell_px + (rows - 1) * 40
+    margin = dict(l=10, r=gap + 10, t=40, b=10)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles) if titles else None,
+                        horizontal_spacing=gap / width, vertical_spacing=40 / height if rows > 1 else 0.0)
+    for n, (a, kind) in enumerate(zip(arrays, kinds)):
+        kind = kind or ("rgb" if a.ndim == 3 else "map")
+        if kind not in IMAGE_KINDS:
+            raise ValueError(f"image_figure: kind must be one of {IMAGE_KINDS} or None, got {kind!r}.")
+        if (kind == "map") != (a.ndim == 2):
+            raise ValueError(f"image_figure: image {n} has shape {a.shape}, which does not fit kind {kind!r} "
+                             "('rgb'/'normal' take 3 channels, 'map' one).")
+        row, col = n // cols + 1, n % cols + 1
+        if kind == "map":
+            axis = n + 1
+            x_domain = fig.layout[f"xaxis{axis if axis > 1 else ''}"].domain
+            y_domain = fig.layout[f"yaxis{axis if axis > 1 else ''}"].domain
+            lo, hi = zrange[n] if zrange[n] is not None else (None, None)
+            colorbar = dict(x=x_domain[1] + 0.005, xanchor="left", y=(y_domain[0] + y_domain[1]) / 2,
+                            len=y_domain[1] - y_domain[0], thickness=10, tickfont=dict(size=9))
+            trace = go.Heatmap(z=a, colorscale=colorscale, zmin=lo, zmax=hi, colorbar=colorbar,
+                               hovertemplate="x %{x}, y %{y}: %{z:.4g}<extra></extra>")
+        else:
+            rgb = (a + 1.0) / 2.0 if kind == "normal" else a
+            z = np.round(np.clip(np.nan_to_num(rgb), 0.0, 1.0) * 255.0).astype(np.uint8)
+            trace = go.Image(z=z, hovertemplate="x %{x}, y %{y}: %{z}<extra></extra>")
+        fig.add_trace(trace, row=row, col=col)
+        fig.update_xaxes(visible=False, scaleanchor=f"y{n + 1 if n else ''}", constrain="domain", row=row, col=col)
+        fig.update_yaxes(visible=False, autorange="reversed", constrain="domain", row=row, col=col)
+    fig.update_layout(width=width + margin["l"] + margin["r"], height=height + margin["t"] + margin["b"],
+                      margin=margin, plot_bgcolor="white")
+    return fig
+
+
+def loss_figure(values, title: str | None = None, log_y: bool = True, height: int = 320) -> go.Figure:
+    """A training curve: values (steps,) (a list, array or tensor), or {name: values} for several curves;
+    x = step (from 0), y on a log axis unless `log_y=False`."""
+    curves = values if isinstance(values, dict) else {"loss": values}
+    fig = go.Figure()
+    for name, curve in curves.items():
+        y = _np(curve).astype(np.float64).reshape(-1)
+        if y.size == 0:
+            raise ValueError(f"loss_figure: curve {name!r} is empty.")
+        if log_y and (y <= 0).any():
+            raise ValueError(f"loss_figure: curve {name!r} has values <= 0, which a log axis cannot show; "
+                             "pass log_y=False.")
+        fig.add_trace(go.Scatter(x=np.arange(y.size), y=y, mode="lines", name=str(name)))
+    fig.update_layout(title=title, height=height, xaxis_title="step", yaxis_title="loss",
+                      yaxis_type="log" if log_y else "linear", showlegend=len(curves) > 1,
+                      margin=dict(l=0, r=0, t=40 if title else 10, b=0))
+    return fig

@@ -27,7 +27,7 @@ def test_image_figure_picks_a_trace_per_kind_and_keeps_rows_top_down():
     assert heat_alpha.colorbar.x is not None and heat_alpha.colorbar.x != heat_depth.colorbar.x  # one bar per map
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis3.autorange == "reversed"
     assert [a.text for a in fig.layout.annotations] == ["rgb", "alpha", "depth"]
-    assert fig.layout.width == 2 * 100 + 40  # two columns
+    assert fig.layout.width > 2 * 100 and fig.layout.height > 2 * 100  # two columns, two rows of 100 px panels
 
 
 def test_image_figure_maps_normals_and_clips_rgb():
