@@ -61,6 +61,26 @@ def test_batch_elements_are_independent():
         assert torch.equal(one.radii[0], full.radii[b])
 
 
+@pytest.mark.parametrize("tile_size, chunk", [(16, 32), (8, 5)])
+def test_checkpointing_and_tiling_change_neither_images_nor_gradients(tile_size, chunk):
+    """Checkpointed rounds are recomputed in the backward pass; they must see the same tiles and surfels."""
+    s = make_scene(**SCENES["mixed"])
+    render = _renderer()
+    grads, images = [], []
+    for options in ({}, {"checkpoint": True, "tile_size": tile_size, "chunk": chunk}):
+        args = {k: (v.detach().clone().requires_grad_() if torch.is_tensor(v) and v.is_floating_point() else v)
+                for k, v in render_args(s).items()}
+        out = render(**args, backend="torch", **options)
+        (out.rgb.sum() + out.depth.sum() + out.normal.sum() + out.distortion.sum()).backward()
+        images.append(out)
+        grads.append({k: v.grad for k, v in args.items() if torch.is_tensor(v) and v.grad is not None})
+    for name in FIELDS:
+        torch.testing.assert_close(getattr(images[1], name), getattr(images[0], name), rtol=0, atol=1e-12)
+    assert grads[0].keys() == grads[1].keys() and "means" in grads[0]
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-9, atol=1e-12)
+
+
 def test_surfel_order_does_not_matter():
     s = make_scene(**SCENES["mixed"])
     render = _renderer()

@@ -139,8 +139,8 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
                 break
             state = (transmittance[active], depth_sum[active], done[active])
             ids = table[active, start:start + chunk]
-            run = (lambda *a: _round(pixels[active], a[:3], a[3:], ids))
-            args = (*state, *attrs)
+            args = (pixels[active], ids, *state, *attrs)  # passed, not closed over: a checkpoint re-runs later
+            run = lambda p, i, *a: _round(p, a[:3], a[3:], i)  # noqa: E731
             out = torch_checkpoint(run, *args, use_reentrant=False) if checkpoint else run(*args)
             new_t, new_sum, new_done, d_rgb, d_normal, d_dist, d_median = out
             transmittance = transmittance.index_copy(0, active, new_t)
