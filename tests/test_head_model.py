@@ -92,13 +92,14 @@ def test_jaw_joint_opens_the_mouth(head):
     assert torch.allclose(opened[17:48], closed[17:48]), "opening the jaw leaves brows, nose and eyes in place"
 
 
-def test_eye_joints_turn_only_the_eyeballs(head):
-    turned = head(pose=pose_with(EYE_L, [0.2, 0.3, 0.05])).vertices[0]  # no vertex on this axis
+@pytest.mark.parametrize("eye", [EYE_L, EYE_R])
+def test_eye_joints_turn_only_the_eyeballs(head, eye):
+    turned = head(pose=pose_with(eye, [0.2, 0.3, 0.05])).vertices[0]  # no vertex on this axis
     moved = (turned - head.v_template).norm(dim=1) > 1e-9
-    weighted = head.lbs_weights[:, EYE_L] > 0
+    weighted = head.lbs_weights[:, eye] > 0
     assert moved.any() and torch.equal(moved, weighted)
     # the eyeball turns about its centre: every moved vertex keeps its distance to the eye joint
-    centre = head().joints[0, EYE_L]
+    centre = head().joints[0, eye]
     torch.testing.assert_close((turned[moved] - centre).norm(dim=1), (head.v_template[moved] - centre).norm(dim=1))
 
 
