@@ -1,8 +1,10 @@
 """`python -m sheap_lite.demo` (`make demo`): the project's main job, end to end, on the built-in head.
 
-Today it shows the head model: the built-in head (or your FLAME via $SHEAP_FLAME_PATH) at named expressions,
-jaw/neck/eye poses and random identities, written to `runs/demo/` as an interactive HTML report and meshes
-(.obj). It grows with the project (synthetic data → training → evaluation → inference → report).
+Today: the head model (the built-in head, or your FLAME via $SHEAP_FLAME_PATH) at named expressions, jaw/neck/eye
+poses and random identities; the same head rendered by both renderers (2D Gaussian surfels and the soft mesh
+rasteriser) with their depth and normal maps; and a small synthetic training set (the `ci` preset), all written
+to `runs/demo/` as an interactive HTML report, meshes (.obj) and clip folders. It grows with the project
+(synthetic data → training → evaluation → inference → report).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .flame import FLAME
-from .viz import head_colors, head_figure, heads_grid
+from .viz import head_colors, head_figure, heads_grid, image_figure
 
 EXPRESSIONS = ("jawOpen", "mouthSmileLeft", "mouthSmileRight", "mouthPucker", "browInnerUp", "eyeBlinkLeft")
 
@@ -51,6 +53,36 @@ def write_obj(path: Path, vertices: torch.Tensor, faces: torch.Tensor) -> None:
     tmp.replace(path)
 
 
+def render_both(flame: FLAME, size: int = 128):
+    """The template rendered with 2DGS surfels and with the mesh rasteriser (same camera, light and colours).
+
+    Returns a plotly figure of rgb, depth and normal maps for both, and the two `alpha` maps (1,size,size).
+    """
+    from .camera import intrinsics, look_at_viewmat
+    from .gaussians import SurfelLocal, ambient_sh, bind_surfels, rig_surfels, shade, sh_from_directional_light
+    from .render import render_2dgs, render_mesh
+
+    dtype = flame.v_template.dtype
+    vertices = flame().vertices
+    colors = torch.as_tensor(head_colors(flame), dtype=dtype)
+    sh = ambient_sh(0.55, dtype=dtype) + sh_from_directional_light(torch.tensor([0.4, 0.5, 1.0], dtype=dtype), 1.6)
+    camera = {"viewmats": look_at_viewmat(1.0, batch=1, dtype=dtype), "Ks": intrinsics(size, size, batch=1, dtype=dtype),
+              "width": size, "height": size}
+    binding = bind_surfels(flame.v_template, flame.faces, per_face=1)
+    surfels = rig_surfels(vertices, flame.faces, binding, SurfelLocal.initial(binding, dtype=dtype))
+    albedo = binding.interpolate(colors[None], flame.faces)
+    splat = render_2dgs(surfels.means, surfels.quats, surfels.scales, surfels.opacities,
+                        shade(albedo, surfels.normals, sh[None]), backend="auto", **camera)
+    mesh = render_mesh(vertices, flame.faces, vertex_colors=colors[None], sh=sh[None], **camera)
+    images = [splat.rgb[0], splat.depth[0], splat.normal[0], mesh.rgb[0], mesh.depth[0], mesh.normal[0]]
+    kinds = ["rgb", "map", "normal"] * 2
+    titles = ["2DGS rgb", "2DGS expected depth (m)", "2DGS normal", "mesh rgb", "mesh depth (m)", "mesh normal"]
+    depth_range = (0.85, 1.1)
+    figure = image_figure([i.detach() for i in images], titles, cols=3, kinds=kinds,
+                          zrange=[None, depth_range, None] * 2, cell_px=260)
+    return figure, splat.alpha[0].detach(), mesh.alpha[0].detach()
+
+
 def run(out_dir: Path, flame_path: str | None = None) -> Path:
     """Write the demo report and meshes to `out_dir`; returns the report's path."""
     start = time.perf_counter()
@@ -69,14 +101,31 @@ def run(out_dir: Path, flame_path: str | None = None) -> Path:
     grid = heads_grid(heads, flame.faces, list(cases), cols=4, vertex_colors=colors)
     detail = head_figure(heads[0], flame.faces, vertex_colors=colors, landmarks=landmarks,
                          title=f"{flame.name}: template with {flame.n_landmarks} landmarks (hover for indices)")
+    with torch.no_grad():
+        renders, splat_alpha, mesh_alpha = render_both(flame)
+    agree = ((splat_alpha > 0.5) == (mesh_alpha > 0.5)).double().mean().item()
+    print(f"demo: 2DGS and mesh silhouettes agree on {100 * agree:.1f} % of pixels")
+
+    from .data.clip_format import load_clip
+    from .data.synthetic import PRESETS, generate_dataset
+
+    data_dir = out_dir / "synthetic"
+    stats = generate_dataset(data_dir, PRESETS["ci"], workers=1, progress=False)
+    clip = load_clip(sorted(p for p in data_dir.iterdir() if p.is_dir())[0])
+    strip = image_figure([torch.from_numpy(f).permute(2, 0, 1) / 255.0 for f in clip.frames],
+                         [f"frame {i}" for i in range(len(clip.frames))], cols=len(clip.frames), cell_px=160)
+    print(f"demo: synthetic set ({stats['written']} clips written, {stats['skipped']} already there) in {data_dir}")
+
     report = out_dir / "index.html"
-    body = "\n".join(fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate((detail, grid)))
+    figures = (detail, grid, renders, strip)
+    body = "\n".join(fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures))
     tmp = report.with_suffix(".tmp")
     tmp.write_text(f"<html><head><meta charset='utf-8'><title>sheap_lite demo</title></head><body>"
                    f"<h1>sheap_lite demo</h1><p>Head model: {flame.name}. Drag to rotate; meshes in "
-                   f"<code>meshes/</code>.</p>{body}</body></html>")
+                   f"<code>meshes/</code>; the synthetic clips in <code>synthetic/</code> (first clip, label "
+                   f"{clip.meta.get('label')!r}, at the bottom).</p>{body}</body></html>")
     tmp.replace(report)
-    print(f"demo: {len(cases)} heads rendered in {time.perf_counter() - start:.1f} s → {report}")
+    print(f"demo: finished in {time.perf_counter() - start:.1f} s → {report}")
     return report
 
 

@@ -71,6 +71,8 @@ def test_demo_writes_report_and_meshes_that_reload(tmp_path, head):
     assert report.is_file() and "plotly" in report.read_text()[:20000].lower()
     meshes = sorted((tmp_path / "demo" / "meshes").glob("*.obj"))
     assert len(meshes) >= 10 and not list((tmp_path / "demo").rglob("*.tmp"))
+    assert len(list((tmp_path / "demo" / "synthetic").glob("clip_*/meta.json"))) == 4, "the ci synthetic set"
+    assert not list((tmp_path / "demo" / "synthetic").glob("*.partial"))
     neutral = trimesh.load(tmp_path / "demo" / "meshes" / "neutral.obj", process=False)
     np.testing.assert_allclose(neutral.vertices, head.v_template.numpy(), atol=1e-6)
     np.testing.assert_array_equal(neutral.faces, head.faces.numpy())
