@@ -24,7 +24,6 @@ FLAME_STEPS = [
     "4. export SHEAP_FLAME_PATH=/path/to/generic_model.pkl",
     "5. for the 68 landmarks, put landmark_embedding.npy (from the DECA data or the FLAME website) beside it",
 ]
-LANDMARK_FILES = ("landmark_embedding.npy", "flame_static_embedding.pkl")
 
 
 def _check(ok: bool, name: str, detail: str, hints: list[str] | None = None) -> dict:
@@ -116,9 +115,11 @@ def check_head_model() -> list[dict]:
                                  FLAME_STEPS))
         else:
             checks.append(_check(True, "head model", f"FLAME: {flame_path} ({reason})"))
-            found = [flame_path.parent / n for n in LANDMARK_FILES if (flame_path.parent / n).is_file()]
+            from .flame_io import LANDMARK_FILES, find_landmark_file
+
+            found = find_landmark_file(flame_path.parent)
             missing = f"no {' or '.join(LANDMARK_FILES)} beside {flame_path.name}"
-            checks.append(_check(bool(found), "FLAME landmarks", str(found[0]) if found else missing,
+            checks.append(_check(found is not None, "FLAME landmarks", str(found) if found else missing,
                                  [] if found else [FLAME_STEPS[-1][3:]]))
 
     try:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .flame_data import FlameModelData, JOINT_NAMES
+from .flame_data import FLAME_PARENTS, FlameModelData, JOINT_NAMES
 from .geometry import axis_angle_to_matrix, barycentric_interpolate
 
 FLAME_PATH_ENV = "SHEAP_FLAME_PATH"
@@ -90,7 +90,6 @@ class FLAME(nn.Module):
         for key, value in arrays.items():
             self.register_buffer(key, value.to(dtype), persistent=False)
         self.register_buffer("faces", data.faces.long(), persistent=False)
-        self.register_buffer("parents", data.parents.long(), persistent=False)
         self.register_buffer("landmark_faces", data.landmark_faces.long(), persistent=False)
 
     # ---- constructors -------------------------------------------------------------------------------------------
@@ -177,7 +176,7 @@ class FLAME(nn.Module):
     def _chain_transforms(self, rotations: torch.Tensor, rest_joints: torch.Tensor) -> torch.Tensor:
         """World transforms (B,J,4,4) of each joint: rotate about the joint, composed down the kinematic tree."""
         batch, n_joints = rotations.shape[:2]
-        parents = self.parents.tolist()
+        parents = FLAME_PARENTS  # validated by FlameModelData; a constant avoids a device sync per call
         local_t = rest_joints.clone()
         local_t[:, 1:] = rest_joints[:, 1:] - rest_joints[:, parents[1:]]
         local = torch.cat([rotations, local_t[..., None]], dim=-1)  # (B, J, 3, 4)

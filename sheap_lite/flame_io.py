@@ -186,7 +186,7 @@ def _npy_pickled_object(f, path: Path) -> object:
     return value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
 
 
-def _find_landmarks(folder: Path) -> Path | None:
+def find_landmark_file(folder: Path) -> Path | None:
     return next((folder / name for name in LANDMARK_FILES if (folder / name).is_file()), None)
 
 
@@ -226,7 +226,7 @@ def flame_data_from_pkl(
     parents = arrays["kintree_table"][0].astype(np.int64)
     parents[parents == _UINT32_ROOT] = -1
     if landmark_path is None:
-        landmark_path = _find_landmarks(path.parent)
+        landmark_path = find_landmark_file(path.parent)
     if landmark_path is None:
         warnings.warn(
             f"no landmark embedding next to {path}: put DECA's landmark_embedding.npy (or "

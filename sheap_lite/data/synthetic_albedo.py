@@ -14,6 +14,7 @@ landmarks, the eye joints and their skinning weights), so the built-in head and 
 from __future__ import annotations
 
 import numpy as np
+from ..head_landmarks import _vertex_normals
 
 SKIN_TONES = np.array([[0.95, 0.80, 0.69], [0.91, 0.74, 0.62], [0.85, 0.66, 0.53], [0.77, 0.58, 0.45],
                        [0.66, 0.47, 0.35], [0.52, 0.36, 0.26], [0.40, 0.27, 0.19], [0.30, 0.20, 0.14]])
@@ -52,15 +53,6 @@ def _distance_to_polyline(points: np.ndarray, line: np.ndarray, closed: bool = F
         s = np.clip(((points - a) @ ab) / max(float(ab @ ab), 1e-18), 0.0, 1.0)
         best = np.minimum(best, np.linalg.norm(points - (a + s[:, None] * ab), axis=1))
     return best
-
-
-def _vertex_normals(v: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    corners = v[faces]
-    fn = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def procedural_albedo(rng: np.random.Generator, template: np.ndarray, faces: np.ndarray, landmarks: np.ndarray,
