@@ -279,3 +279,27 @@ def test_unknown_backend_raises():
     s = render_args(make_scene(**SCENES["single"]))
     with pytest.raises(ValueError, match="backend"):
         _renderer()(**s, backend="opengl")
+
+
+def test_cameras_take_the_surfels_dtype():
+    """float32 cameras (camera.py's default) with float64 surfels render as float64 cameras do."""
+    s = make_scene(**SCENES["mixed"])
+    args = render_args(s)
+    render = _renderer()
+    as64 = render(**args, backend="torch")
+    as32 = render(**{**args, "viewmats": args["viewmats"].float(), "Ks": args["Ks"].float()}, backend="torch")
+    for name in FIELDS:
+        torch.testing.assert_close(getattr(as32, name), getattr(as64, name), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_picks_gsplat_only_for_float32_cuda(monkeypatch):
+    import sheap_lite.render.gsplat_backend as gsplat_backend
+    from sheap_lite.render import resolve_backend
+
+    monkeypatch.setattr(gsplat_backend, "gsplat_available", lambda: True)
+    cuda = torch.device("cuda")
+    assert resolve_backend("auto", cuda, torch.float32) == "gsplat"
+    assert resolve_backend("auto", cuda, torch.float64) == "torch"
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32) == "torch"
+    with pytest.raises(ValueError, match="float32"):
+        resolve_backend("gsplat", cuda, torch.float64)

@@ -61,18 +61,18 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         raise ValueError(f"render_2dgs: width and height must be positive, got {width}×{height}")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """"auto" → "gsplat" on CUDA with gsplat importable, else "torch"; checks an explicit "gsplat"."""
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """"auto" → "gsplat" for float32 CUDA tensors with gsplat importable, else "torch"; checks an explicit "gsplat"."""
     if backend not in BACKENDS:
         raise ValueError(f"render_2dgs: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return backend
     from .gsplat_backend import gsplat_available
 
-    usable = device.type == "cuda" and gsplat_available()
+    usable = device.type == "cuda" and dtype == torch.float32 and gsplat_available()
     if backend == "gsplat" and not usable:
-        raise ValueError("render_2dgs: backend='gsplat' needs CUDA tensors and an importable gsplat; "
-                         "use backend='torch' (any device) or 'auto'")
+        raise ValueError("render_2dgs: backend='gsplat' needs float32 CUDA tensors and an importable gsplat "
+                         "(its kernels are float32 only); use backend='torch' (any device and dtype) or 'auto'")
     return "gsplat" if usable else "torch"
 
 
@@ -85,9 +85,12 @@ def render_2dgs(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, 
     `options` go to the torch rasteriser (`tile_size`, `chunk`, `checkpoint`; see `rasterize.rasterize`).
     """
     _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds)
-    if resolve_backend(backend, means.device) == "gsplat":
+    viewmats, Ks = viewmats.to(means), Ks.to(means)  # e.g. float32 cameras from camera.py with float64 surfels
+    if resolve_backend(backend, means.device, means.dtype) == "gsplat":
         from .gsplat_backend import render_gsplat
 
+        if options:
+            raise ValueError(f"render_2dgs: {sorted(options)} apply to the torch backend only")
         return render_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds)
     from .rasterize import rasterize
 

@@ -69,11 +69,9 @@ def _round(pixels, state, attrs, ids):
     transmittance, depth_sum, done = state
     ok = ids >= 0
     safe = ids.clamp_min(0)
-    rows, centre, opacity, depth, color, normal = (a[safe] for a in attrs)
-    u_m, v_m, w_m = rows[..., 0, :], rows[..., 1, :], rows[..., 2, :]
+    planes, centre, opacity, depth, color, normal = (a[safe] for a in attrs)  # planes (a,K,3,3): v×w, w×u, u×v
     px, py = pixels[..., 0, None, None], pixels[..., 1, None, None]  # (a,P,1,1)
-    cross = (px * torch.linalg.cross(v_m, w_m)[:, None] + py * torch.linalg.cross(w_m, u_m)[:, None]
-             + torch.linalg.cross(u_m, v_m)[:, None])  # (a,P,K,3)
+    cross = px * planes[:, None, :, 0] + py * planes[:, None, :, 1] + planes[:, None, :, 2]  # (a,P,K,3)
     cz = cross[..., 2]
     # gsplat skips c_z == 0; |c_z| below √tiny is skipped too, so that c_z² cannot underflow into NaN gradients
     nonzero = cz.abs() > torch.finfo(cz.dtype).tiny ** 0.5
@@ -127,10 +125,14 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
     transmittance = like.new_ones(n_tiles, pix)
     depth_sum = like.new_zeros(n_tiles, pix)
     done = outside.clone()
-    rgb, normal = like.new_zeros(n_tiles, pix, channels), like.new_zeros(n_tiles, pix, 3)
-    distortion, median = like.new_zeros(n_tiles, pix), like.new_zeros(n_tiles, pix)
+    median = like.new_zeros(n_tiles, pix)
+    rounds = []  # (active tiles, rgb, normal, distortion) of each round, summed once after the loop
     if table is not None:
-        attrs = (projected.ray_transforms.reshape(-1, 3, 3), projected.means2d.reshape(-1, 2),
+        rows = projected.ray_transforms.reshape(-1, 3, 3)
+        u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
+        planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
+                              torch.linalg.cross(u_m, v_m)], dim=1)  # per surfel, once (not per tile and round)
+        attrs = (planes, projected.means2d.reshape(-1, 2),
                  opacities.reshape(-1), projected.depths.reshape(-1), colors.reshape(-1, channels),
                  projected.normals.reshape(-1, 3))
         for start in range(0, table.shape[1], chunk):
@@ -146,10 +148,16 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
             transmittance = transmittance.index_copy(0, active, new_t)
             depth_sum = depth_sum.index_copy(0, active, new_sum)
             done = done.index_copy(0, active, new_done)
-            rgb = rgb.index_add(0, active, d_rgb)
-            normal = normal.index_add(0, active, d_normal)
-            distortion = distortion.index_add(0, active, d_dist)
+            rounds.append((active, d_rgb, d_normal, d_dist))
             median = median.index_copy(0, active, torch.where(torch.isnan(d_median), median[active], d_median))
+
+    def summed(k: int, shape: tuple) -> torch.Tensor:
+        total = like.new_zeros(n_tiles, pix, *shape)
+        if not rounds:
+            return total
+        return total.index_add(0, torch.cat([r[0] for r in rounds]), torch.cat([r[k] for r in rounds]))
+
+    rgb, normal, distortion = summed(1, (channels,)), summed(2, (3,)), summed(3, ())
 
     def image(values: torch.Tensor) -> torch.Tensor:
         """(n_tiles, P, ...) → (B, H, W, ...)"""
