@@ -29,6 +29,7 @@ from PIL import Image
 
 FORMAT_VERSION = 1
 N_LANDMARKS = 68
+PER_FRAME_GROUND_TRUTH = ("expression", "pose", "eyelids", "translation", "sh")  # (T, ...) arrays; others per clip
 
 
 @dataclass
@@ -96,8 +97,7 @@ def load_clip(path: str | os.PathLike, frames: slice | list[int] | None = None) 
     masks = np.stack([np.asarray(Image.open(path / "masks" / f"{i:06d}.png").convert("L")) for i in chosen])
     with np.load(path / "annotations.npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
-    per_frame = {"landmarks", "landmarks_visible", "expression", "pose", "eyelids", "translation", "sh"}
-    ground_truth = {k: (v[chosen] if k in per_frame else v) for k, v in arrays.items()
+    ground_truth = {k: (v[chosen] if k in PER_FRAME_GROUND_TRUTH else v) for k, v in arrays.items()
                     if k not in ("landmarks", "landmarks_visible")}
     return Clip(path, meta, images, masks, arrays["landmarks"][chosen], arrays["landmarks_visible"][chosen],
                 ground_truth)

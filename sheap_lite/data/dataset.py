@@ -31,13 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .clip_format import list_clips, load_clip
+from .clip_format import PER_FRAME_GROUND_TRUTH, list_clips, load_clip
 from .synthetic import SPLITS, split_of
 
 __all__ = ["ClipPairDataset", "Augment", "IBUG68_MIRROR", "mirror_landmarks"]
 
 GT_KEYS = ("shape", "expression", "pose", "eyelids", "translation", "sh", "viewmat", "K")
-_PER_FRAME = {"expression", "pose", "eyelids", "translation", "sh"}
 
 
 def _ibug68_mirror() -> list[int]:
@@ -216,6 +215,6 @@ class ClipPairDataset(Dataset):
             for key in GT_KEYS:
                 if key in clip.ground_truth:
                     value = clip.ground_truth[key]
-                    value = value[1] if key in _PER_FRAME else value  # load_clip returned [source, target]
+                    value = value[1] if key in PER_FRAME_GROUND_TRUTH else value  # load_clip returned [source, target]
                     item[f"gt_{key}"] = torch.from_numpy(np.ascontiguousarray(value)).float()
         return item

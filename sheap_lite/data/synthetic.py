@@ -35,7 +35,7 @@ import torch
 from ..camera import DEFAULT_FOV_DEG, intrinsics, look_at_viewmat, project_with_depth
 from ..gaussians import ambient_sh, sh_from_directional_light
 from .clip_format import is_complete, write_clip
-from .synthetic_albedo import MOUTH_INTERIOR, background_image, procedural_albedo
+from .synthetic_albedo import BACKGROUNDS, MOUTH_INTERIOR, background_image, procedural_albedo
 from .synthetic_motion import expression_sequence, framing_jitter, lighting, pose_sequence
 
 __all__ = ["SyntheticConfig", "PRESETS", "split_of", "identity_of", "clip_name", "generate_clip", "render_frames",
@@ -45,7 +45,6 @@ __all__ = ["SyntheticConfig", "PRESETS", "split_of", "identity_of", "clip_name",
 # axis, so the crop holds the chin and the forehead like a detector's face crop.
 FACE_CENTRE_XY = (0.0, -0.008)
 SPLITS = ("train", "val", "test")
-BACKGROUNDS = ("random", "flat", "gradient", "noise", "black")
 
 
 @dataclass

@@ -138,6 +138,7 @@ def procedural_albedo(rng: np.random.Generator, template: np.ndarray, faces: np.
 
 
 BACKGROUND_KINDS = ("flat", "gradient", "noise")
+BACKGROUNDS = ("random", *BACKGROUND_KINDS, "black")  # what a config may ask for
 
 
 def background_image(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
@@ -170,4 +171,4 @@ def background_image(rng: np.random.Generator, size: int, kind: str) -> np.ndarr
         patch = grid[idx[:, None, :, None], idx[None, :, None, :]]  # (S,S,4,4,3)
         image = np.einsum("ya,xb,yxabc->yxc", w, w, patch)
         return np.clip(image, 0.0, 1.0)
-    raise ValueError(f"background kind must be one of {BACKGROUND_KINDS + ('black', 'random')}, got {kind!r}")
+    raise ValueError(f"background kind must be one of {BACKGROUNDS}, got {kind!r}")
