@@ -14,6 +14,10 @@ A clip is a folder:
 
 Clips are written into a temporary sibling folder and renamed into place when complete, so a reader never
 sees half a clip and an interrupted writer leaves nothing that looks finished.
+
+Readers check what they read: `read_meta` (JSON object, format, positive integer n_frames and size),
+`read_annotations` (the arrays above with T = n_frames rows, finite numbers) and each PNG (decodable, S×S).
+A damaged clip raises `ClipFormatError`, a ValueError naming the clip and the file and saying how to fix it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,20 +89,119 @@ def write_clip(path: str | os.PathLike, frames: np.ndarray, masks: np.ndarray, l
     return path
 
 
-def load_clip(path: str | os.PathLike, frames: slice | list[int] | None = None) -> Clip:
-    """Read a clip (optionally only some frames); raises ValueError for incomplete or unknown-format folders."""
+class ClipFormatError(ValueError):
+    """A clip folder whose files are unreadable or disagree with its meta.json. The message names the clip folder
+    and the file, says what is wrong and how to fix it; `fault` is its first part ("<file>: <what is wrong>")."""
+
+    def __init__(self, message: str, fault: str | None = None) -> None:
+        super().__init__(message)
+        self.fault = fault or message
+
+
+# Trailing shapes of the known ground-truth arrays (None: any length); per-frame ones lead with T.
+GROUND_TRUTH_SHAPES = {"shape": (None,), "expression": (None,), "pose": (5, 3), "eyelids": (2,), "translation": (3,),
+                       "sh": (9, 3), "viewmat": (4, 4), "K": (3, 3)}
+DAMAGED_CLIP_ADVICE = ("delete the clip's folder and write it again (re-run `python -m sheap_lite.data.synthetic` or "
+                       "data_scripts/prepare_videos.py with the same arguments: they skip complete clips, so the folder "
+                       "must go first), or just delete it to train without it")
+
+
+def _fault(path: Path, file: str, problem: str) -> ClipFormatError:
+    fault = f"{path / file}: {problem}"
+    return ClipFormatError(f"{fault}. The clip {path} is damaged: {DAMAGED_CLIP_ADVICE}", fault)
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """meta.json of a complete clip, checked: a JSON object of the supported format with positive integer
+    n_frames and size. Raises ClipFormatError otherwise (ValueError for a folder with no meta.json)."""
     path = Path(path)
     if not is_complete(path):
         raise ValueError(f"{path} is not a complete clip (no meta.json): re-run the preparation to finish it")
-    meta = json.loads((path / "meta.json").read_text())
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _fault(path, "meta.json", f"not readable JSON ({error})") from error
+    if not isinstance(meta, dict):
+        raise _fault(path, "meta.json", f"holds a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: clip format {meta.get('format')} is not the supported {FORMAT_VERSION}")
+        raise _fault(path, "meta.json", f"clip format {meta.get('format')!r} is not the supported {FORMAT_VERSION}")
+    for key in ("n_frames", "size"):
+        value = meta.get(key)
+        if type(value) is not int or value < 1:  # noqa: E721 (bool is an int subclass and is refused)
+            raise _fault(path, "meta.json", f"{key!r} must be a positive integer, got {value!r}")
+    if not isinstance(meta.get("identity", ""), str):
+        raise _fault(path, "meta.json", f"'identity' must be a string, got {meta['identity']!r}")
+    return meta
+
+
+def read_annotations(path: str | os.PathLike, meta: dict) -> dict[str, np.ndarray]:
+    """All arrays of annotations.npz, checked against `meta`: landmarks (T,68,2) finite floats, landmarks_visible
+    (T,68) bool, known ground truth with its shape (per-frame arrays with T rows), every array numeric and finite."""
+    path, t = Path(path), meta["n_frames"]
+    try:
+        with np.load(path / "annotations.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError as error:
+        raise _fault(path, "annotations.npz", "is missing") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise _fault(path, "annotations.npz", f"is not a readable .npz archive ({type(error).__name__}: {error})") \
+            from error
+    expected = {"landmarks": (t, N_LANDMARKS, 2), "landmarks_visible": (t, N_LANDMARKS)}
+    expected.update({k: ((t,) if k in PER_FRAME_GROUND_TRUTH else ()) + GROUND_TRUTH_SHAPES[k]
+                     for k in arrays if k in GROUND_TRUTH_SHAPES})
+    for key, shape in expected.items():
+        if key not in arrays:
+            raise _fault(path, "annotations.npz", f"has no {key!r} array (it holds {sorted(arrays)})")
+        got = arrays[key].shape
+        if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+            shown = tuple("n" if s is None else s for s in shape)
+            raise _fault(path, "annotations.npz", f"{key!r} has shape {got}, expected {shown} "
+                         f"(meta.json says n_frames={t})")
+    if arrays["landmarks_visible"].dtype != bool:
+        raise _fault(path, "annotations.npz", f"'landmarks_visible' is {arrays['landmarks_visible'].dtype}, not bool")
+    for key, value in arrays.items():
+        if key == "landmarks_visible":
+            continue
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+            raise _fault(path, "annotations.npz", f"{key!r} is {value.dtype}, not a number array")
+        bad = ~np.isfinite(value)
+        if bad.any():
+            where = np.argwhere(bad)[0].tolist()
+            raise _fault(path, "annotations.npz", f"{key!r} holds {int(bad.sum())} NaN/inf value(s) "
+                         f"(first at index {where})")
+    return arrays
+
+
+def _read_png(path: Path, file: str, mode: str, size: int) -> np.ndarray:
+    """One frame ("RGB": (S,S,3)) or mask ("L": (S,S)) as uint8, or a ClipFormatError naming the file."""
+    try:
+        with Image.open(path / file) as image:
+            array = np.asarray(image.convert(mode))
+    except FileNotFoundError as error:
+        raise _fault(path, file, "is missing") from error
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        raise _fault(path, file, f"is not a readable PNG image ({type(error).__name__}: {error})") from error
+    if array.shape[:2] != (size, size):
+        raise _fault(path, file, f"is {array.shape[1]}x{array.shape[0]} px but meta.json says size {size}")
+    return array
+
+
+def load_clip(path: str | os.PathLike, frames: slice | list[int] | None = None) -> Clip:
+    """Read a clip (optionally only some frames). Raises ValueError for a folder with no meta.json,
+    ClipFormatError (a ValueError naming the clip and the file) for a damaged one, IndexError for frames
+    outside 0..T-1."""
+    path = Path(path)
+    meta = read_meta(path)
+    arrays = read_annotations(path, meta)
     index = range(meta["n_frames"])
     chosen = list(index[frames]) if isinstance(frames, slice) else list(frames) if frames is not None else list(index)
-    images = np.stack([np.asarray(Image.open(path / "frames" / f"{i:06d}.png").convert("RGB")) for i in chosen])
-    masks = np.stack([np.asarray(Image.open(path / "masks" / f"{i:06d}.png").convert("L")) for i in chosen])
-    with np.load(path / "annotations.npz") as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    outside = [i for i in chosen if not -len(index) <= i < len(index)]
+    if outside:
+        raise IndexError(f"{path}: frames {outside} outside the clip's {len(index)} frames")
+    chosen = [index[i] for i in chosen]
+    size = meta["size"]
+    images = np.stack([_read_png(path, f"frames/{i:06d}.png", "RGB", size) for i in chosen])
+    masks = np.stack([_read_png(path, f"masks/{i:06d}.png", "L", size) for i in chosen])
     ground_truth = {k: (v[chosen] if k in PER_FRAME_GROUND_TRUTH else v) for k, v in arrays.items()
                     if k not in ("landmarks", "landmarks_visible")}
     return Clip(path, meta, images, masks, arrays["landmarks"][chosen], arrays["landmarks_visible"][chosen],

@@ -17,11 +17,15 @@ Augmentation (`Augment`, off by default): colour jitter (one draw for both image
 flip (both images; landmarks mirrored x → S − x and re-ordered with `IBUG68_MIRROR`), and scale/translation
 jitter about the image centre, drawn independently for each image (as a face tracker's crop jitters), applied
 alike to image, mask and landmarks. Draws come from (seed, epoch, index): the same item is the same every time.
+
+Damaged clips fail early and by name: construction checks every clip's meta.json and the kept clips'
+annotations.npz (keys, shapes, finite values) and raises one `ClipFormatError` (a ValueError) listing every bad
+clip; a frame or mask PNG that cannot be decoded, or has the wrong size, raises one naming that file when its
+item is loaded.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .clip_format import PER_FRAME_GROUND_TRUTH, list_clips, load_clip
+from .clip_format import (DAMAGED_CLIP_ADVICE, PER_FRAME_GROUND_TRUTH, ClipFormatError, list_clips, load_clip,
+                          read_annotations, read_meta)
 from .synthetic import SPLITS, split_of
 
 __all__ = ["ClipPairDataset", "Augment", "IBUG68_MIRROR", "mirror_landmarks"]
@@ -121,6 +126,26 @@ def _warp(image: torch.Tensor, A: np.ndarray, padding: str) -> torch.Tensor:
     return F.grid_sample(image[None], grid, mode="bilinear", padding_mode=padding, align_corners=False)[0]
 
 
+def _checked(root: Path, clips: list[Path], check, *extra: list) -> list:
+    """[check(clip, *extra_i) for every clip]; the faults of all damaged clips are raised together."""
+    results, faults = [], []
+    for clip, *args in zip(clips, *extra):
+        try:
+            results.append(check(clip, *args))
+        except ClipFormatError as error:
+            faults.append(error.fault)
+    if faults:
+        shown = "\n  ".join(faults[:20]) + (f"\n  ... and {len(faults) - 20} more" if len(faults) > 20 else "")
+        raise ClipFormatError(f"ClipPairDataset: {len(faults)} of the {len(clips)} clips under {root} are damaged "
+                              f"(checked before training):\n  {shown}\nFor each: {DAMAGED_CLIP_ADVICE}.")
+    return results
+
+
+def _check_annotations(path: Path, meta: dict) -> None:
+    """`read_annotations` for its checks only (each item reads its clip's arrays again)."""
+    read_annotations(path, meta)
+
+
 class ClipPairDataset(Dataset):
     """(source, target) pairs over the complete clips under `root` (see the module docstring).
 
@@ -142,8 +167,8 @@ class ClipPairDataset(Dataset):
         if not clips:
             raise ValueError(f"ClipPairDataset: no complete clips (folders with meta.json) under {root}; generate "
                              f"some with `python -m sheap_lite.data.synthetic --out {root} --preset ci`")
-        metas = [json.loads((p / "meta.json").read_text()) for p in clips]
-        sizes = sorted({int(m["size"]) for m in metas})
+        metas = _checked(root, clips, read_meta)
+        sizes = sorted({m["size"] for m in metas})
         if size is not None and sizes != [int(size)]:
             raise ValueError(f"ClipPairDataset: expected {size}x{size} clips under {root}, found sizes {sizes}; "
                              "regenerate with --size or pass the matching size")
@@ -159,9 +184,8 @@ class ClipPairDataset(Dataset):
         self.metas = [metas[i] for i in keep]
         self.augment = augment or Augment()
         self.seed, self.epoch, self.with_ground_truth = int(seed), 0, with_ground_truth
-        counts = np.array([int(m["n_frames"]) for m in self.metas])
-        if (counts < 1).any():
-            raise ValueError(f"ClipPairDataset: a clip under {root} has no frames")
+        _checked(root, self.clips, _check_annotations, self.metas)
+        counts = np.array([m["n_frames"] for m in self.metas])
         self._clip_of = np.repeat(np.arange(len(self.clips)), counts)
         self._frame_of = np.concatenate([np.arange(c) for c in counts])
 
@@ -183,9 +207,7 @@ class ClipPairDataset(Dataset):
         c, target = int(self._clip_of[index]), int(self._frame_of[index])
         n = int(self.metas[c]["n_frames"])
         source = target if n == 1 else int((target + rng.integers(1, n)) % n)
-        clip = load_clip(self.clips[c], frames=[source, target])
-        if clip.frames.shape[1] != self.size:
-            raise ValueError(f"{self.clips[c]}: frames are {clip.frames.shape[1]} px but meta.json says {self.size}")
+        clip = load_clip(self.clips[c], frames=[source, target])  # PNG faults: ClipFormatError naming the file
         images = torch.from_numpy(clip.frames.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255))  # (2,3,S,S)
         mask = torch.from_numpy(clip.masks[1][None].astype(np.float32) / np.float32(255))
         landmarks = torch.from_numpy(clip.landmarks[1]).float()
