@@ -135,8 +135,8 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 
 def read_annotations(path: str | os.PathLike, meta: dict) -> dict[str, np.ndarray]:
-    """All arrays of annotations.npz, checked against `meta`: landmarks (T,68,2) finite floats, landmarks_visible
-    (T,68) bool, known ground truth with its shape (per-frame arrays with T rows), every array numeric and finite."""
+    """All arrays of annotations.npz, checked against `meta`: landmarks (T,68,2), landmarks_visible (T,68)
+    bool, known ground truth with its shape (per-frame arrays with T rows), every array numeric and finite."""
     path, t = Path(path), meta["n_frames"]
     try:
         with np.load(path / "annotations.npz") as npz:
@@ -144,8 +144,8 @@ def read_annotations(path: str | os.PathLike, meta: dict) -> dict[str, np.ndarra
     except FileNotFoundError as error:
         raise _fault(path, "annotations.npz", "is missing") from error
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise _fault(path, "annotations.npz", f"is not a readable .npz archive ({type(error).__name__}: {error})") \
-            from error
+        problem = f"is not a readable .npz archive ({type(error).__name__}: {error})"
+        raise _fault(path, "annotations.npz", problem) from error
     expected = {"landmarks": (t, N_LANDMARKS, 2), "landmarks_visible": (t, N_LANDMARKS)}
     expected.update({k: ((t,) if k in PER_FRAME_GROUND_TRUTH else ()) + GROUND_TRUTH_SHAPES[k]
                      for k in arrays if k in GROUND_TRUTH_SHAPES})
