@@ -17,6 +17,7 @@ from sheap_lite.data.dataset import ClipPairDataset
 from sheap_lite.data.synthetic import main as synthetic_main
 
 CLIP = "clip_000000"  # the clip each test damages (of 2 clips, 3 frames, 32x32)
+_DROP = object()  # _edit_meta: remove the key
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,6 @@ def _with_nan(value):
     value.flat[5] = np.nan
     return value
 
-
-_DROP = object()
 
 META_FAULTS = {
     "not_json": lambda root: (root / CLIP / "meta.json").write_text('{"format": 1, "n_frames": 3,'),
