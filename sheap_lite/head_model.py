@@ -67,7 +67,8 @@ def load_cached_head(path: Path) -> FlameModelData:
     try:
         return FlameModelData(**torch.load(path, weights_only=True))
     except Exception as error:  # a damaged file: say how to rebuild rather than fail obscurely
-        raise RuntimeError(f"the built-in head cache {path} is unreadable ({error}); delete it to rebuild") from error
+        reason = "it is empty" if path.stat().st_size == 0 else f"{type(error).__name__}: {error}"
+        raise RuntimeError(f"the built-in head cache {path} is unreadable ({reason}); delete it to rebuild") from error
 
 
 def builtin_head_data() -> FlameModelData:
