@@ -96,6 +96,7 @@ def test_model_file_with_non_finite_weights_is_refused(tmp_path, key):
         flame_data_from_pkl(path)
 
 
+@pytest.mark.filterwarnings("ignore:no landmark embedding")
 def test_model_file_with_bad_faces_is_refused(tmp_path):
     path = _write(tmp_path / "generic_model.pkl", _zero_model(f=np.full((F, 3), 0.5)))
     with pytest.raises(ValueError, match=rf"{path}.*'f' must hold integer vertex indices.*float64"):
