@@ -77,7 +77,8 @@ class SparseStandIn:
                 rows, cols = (inner, outer) if self.fmt == "csc" else (outer, inner)
         except (KeyError, TypeError) as err:
             raise ValueError(f"{what} lacks its arrays ({err!r})") from err
-        if not len(rows) == len(cols) == len(data) or (len(data) and not (
+        integer = np.issubdtype(rows.dtype, np.integer) and np.issubdtype(cols.dtype, np.integer)
+        if not integer or not len(rows) == len(cols) == len(data) or (len(data) and not (
                 0 <= rows.min() and rows.max() < shape[0] and 0 <= cols.min() and cols.max() < shape[1])):
             raise ValueError(f"{what} has indices that do not fit its shape {shape}")
         self.shape, self.data, self.rows, self.cols = shape, data, rows.astype(np.intp), cols.astype(np.intp)
