@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 FLAME_STEPS = [
@@ -92,17 +93,19 @@ def check_environment() -> list[dict]:
 
 
 def check_head_model() -> list[dict]:
-    """Which head model is used and why; the FLAME file and its landmarks; the built-in head's cache."""
+    """Which head model is used and why; the FLAME file and its landmarks; the built-in head's cache. Each file
+    is loaded with the loader the code uses, so a damaged one is reported with that loader's message."""
     checks = []
     try:
         from sheap_lite.flame import resolve_flame_path
 
         flame_path, reason = resolve_flame_path()
-    except FileNotFoundError:
+    except OSError as exc:  # SHEAP_FLAME_PATH names a missing file or a folder
         value = os.environ.get("SHEAP_FLAME_PATH", "")
-        checks.append(_check(False, "head model", "cannot load: SHEAP_FLAME_PATH names a missing file",
+        what = "a folder" if isinstance(exc, IsADirectoryError) else "a missing file"
+        checks.append(_check(False, "head model", f"cannot load: SHEAP_FLAME_PATH names {what}",
                              ["unset SHEAP_FLAME_PATH to use the built-in head, or fix the path"]))
-        checks.append(_check(False, "FLAME file", f"SHEAP_FLAME_PATH={value}: no such file", FLAME_STEPS))
+        checks.append(_check(False, "FLAME file", f"SHEAP_FLAME_PATH={value}: {_error(exc)}", FLAME_STEPS))
         flame_path = None
     except Exception as exc:  # noqa: BLE001
         checks.append(_check(False, "head model", f"cannot check: sheap_lite.flame does not import ({_error(exc)})",
@@ -114,24 +117,49 @@ def check_head_model() -> list[dict]:
             checks.append(_check(False, "FLAME file", "none (optional: the built-in head is used instead)",
                                  FLAME_STEPS))
         else:
-            checks.append(_check(True, "head model", f"FLAME: {flame_path} ({reason})"))
-            from .flame_io import LANDMARK_FILES, find_landmark_file
-
-            found = find_landmark_file(flame_path.parent)
-            missing = f"no {' or '.join(LANDMARK_FILES)} beside {flame_path.name}"
-            checks.append(_check(found is not None, "FLAME landmarks", str(found) if found else missing,
-                                 [] if found else [FLAME_STEPS[-1][3:]]))
+            checks += _check_flame_file(flame_path, reason)
 
     try:
-        from sheap_lite.head_model import cache_path
+        from sheap_lite.head_model import cache_path, load_cached_head
 
         cache = Path(cache_path())
         if cache.is_file():
-            checks.append(_check(True, "built-in head cache", f"{cache} ({cache.stat().st_size / 1e6:.1f} MB)"))
+            head = load_cached_head(cache)
+            checks.append(_check(True, "built-in head cache", f"{cache} ({cache.stat().st_size / 1e6:.1f} MB, "
+                                                              f"{head.n_vertices} vertices)"))
         else:
             checks.append(_check(False, "built-in head cache", f"{cache}: missing (built on first use, ~90 s once)"))
     except Exception as exc:  # noqa: BLE001
-        checks.append(_check(False, "built-in head cache", f"cannot check: {_error(exc)}"))
+        checks.append(_check(False, "built-in head cache", f"cannot use: {_error(exc)}",
+                             ["delete the file: the built-in head is derived again on first use (~90 s once)"]))
+    return checks
+
+
+def _check_flame_file(flame_path: Path, reason: str) -> list[dict]:
+    """The FLAME file and its landmark embedding, each loaded by flame_io."""
+    from .flame_io import LANDMARK_FILES, find_landmark_file, flame_data_from_pkl, load_landmark_embedding
+
+    checks = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a missing landmark file is its own check below
+            data = flame_data_from_pkl(flame_path)
+        checks.append(_check(True, "head model", f"FLAME: {flame_path} ({reason}; {data.n_vertices} vertices, "
+                                                 f"{data.n_shape} shape, {data.n_expression} expression)"))
+    except Exception as exc:  # noqa: BLE001
+        checks.append(_check(False, "head model", f"FLAME file {flame_path} ({reason}) does not load: {_error(exc)}",
+                             ["re-download it (steps below), or unset SHEAP_FLAME_PATH to use the built-in head"]
+                             + FLAME_STEPS))
+    found = find_landmark_file(flame_path.parent)
+    if found is None:
+        checks.append(_check(False, "FLAME landmarks", f"no {' or '.join(LANDMARK_FILES)} beside {flame_path.name}",
+                             [FLAME_STEPS[-1][3:]]))
+        return checks
+    try:
+        checks.append(_check(True, "FLAME landmarks", f"{found} ({len(load_landmark_embedding(found)[0])} points)"))
+    except Exception as exc:  # noqa: BLE001
+        checks.append(_check(False, "FLAME landmarks", f"{found} does not load: {_error(exc)}",
+                             [FLAME_STEPS[-1][3:]]))
     return checks
 
 

@@ -36,7 +36,8 @@ class FlameOutput(NamedTuple):
 def resolve_flame_path(path: str | os.PathLike | None = None) -> tuple[Path | None, str]:
     """Which FLAME file to use: `path`, else $SHEAP_FLAME_PATH, else None (the built-in head), with the reason.
 
-    Raises FileNotFoundError when the file named by the argument or the variable does not exist.
+    Raises FileNotFoundError when the file named by the argument or the variable does not exist, and
+    IsADirectoryError when it names a folder.
     """
     if path is not None:
         source, where = Path(path).expanduser(), f"argument {path}"
@@ -44,6 +45,11 @@ def resolve_flame_path(path: str | os.PathLike | None = None) -> tuple[Path | No
         source, where = Path(os.environ[FLAME_PATH_ENV]).expanduser(), f"{FLAME_PATH_ENV}={os.environ[FLAME_PATH_ENV]}"
     else:
         return None, f"no FLAME file given and {FLAME_PATH_ENV} unset: using the built-in head (not FLAME)"
+    if source.is_dir():
+        raise IsADirectoryError(
+            f"FLAME file from {where}: {source} is a directory, not a FLAME file; name the model file inside it "
+            f"(e.g. {source / 'generic_model.pkl'})"
+        )
     if not source.is_file():
         raise FileNotFoundError(
             f"FLAME file from {where} does not exist. Register at https://flame.is.tue.mpg.de, download FLAME 2020 "
@@ -64,16 +70,32 @@ def _as_batch(name: str, value: torch.Tensor | None, batch: int, width: int, lik
     return torch.nn.functional.pad(value.to(like), (0, width - value.shape[1]))
 
 
+def _require_finite(name: str, value: torch.Tensor) -> None:
+    """ValueError naming `name` and its first batch row holding NaN or ±inf (one reduction when all is well)."""
+    finite = torch.isfinite(value.detach())
+    if not finite.all():
+        row = int((~finite).reshape(value.shape[0], -1).any(dim=1).nonzero()[0, 0])
+        raise ValueError(f"FLAME: `{name}` is not finite (NaN or inf) at batch row {row} of {value.shape[0]}; "
+                         "check the network or optimiser that produced it (FLAME(..., check_finite=False) skips "
+                         "this check)")
+
+
 class FLAME(nn.Module):
     """FLAME-format head model. Call with `shape (B,≤S)`, `expression (B,≤E)`, `pose (B,5,3)` axis-angle,
     optional `eyelids (B,2)` and `translation (B,3)`; returns `FlameOutput`.
 
-    Missing trailing coefficients count as zero; zero parameters give the template.
+    Missing trailing coefficients count as zero; zero parameters give the template. A batch of 0 gives empty
+    outputs (0,V,3), (0,L,3), (0,5,3).
+
+    check_finite (the constructor argument, also the attribute `flame.check_finite`, default True): forward raises
+    ValueError naming the argument and the first batch row that holds NaN or ±inf. It costs one
+    `torch.isfinite(x).all()` per given argument (on CUDA, one device sync each); set it False to skip.
     """
 
-    def __init__(self, data: FlameModelData, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, data: FlameModelData, dtype: torch.dtype = torch.float32, check_finite: bool = True) -> None:
         super().__init__()
         self.data = data
+        self.check_finite = check_finite
         self.name = data.name
         self.expression_names = data.expression_names
         arrays = {
@@ -134,8 +156,10 @@ class FLAME(nn.Module):
     def forward(self, shape: torch.Tensor | None = None, expression: torch.Tensor | None = None,
                 pose: torch.Tensor | None = None, eyelids: torch.Tensor | None = None,
                 translation: torch.Tensor | None = None) -> FlameOutput:
-        given = [t for t in (shape, expression, pose, eyelids, translation) if t is not None]
-        batch = given[0].shape[0] if given else 1
+        arguments = {"shape": shape, "expression": expression, "pose": pose, "eyelids": eyelids,
+                     "translation": translation}
+        given = {name: value for name, value in arguments.items() if value is not None}
+        batch = next(iter(given.values())).shape[0] if given else 1
         like = self.v_template
         n_joints = len(JOINT_NAMES)
         if pose is None:
@@ -148,6 +172,9 @@ class FLAME(nn.Module):
         betas = _as_batch("shape", shape, batch, self.n_shape, like)
         psi = _as_batch("expression", expression, batch, self.n_expression, like)
         lids = _as_batch("eyelids", eyelids, batch, 2, like)
+        if self.check_finite:
+            for name, value in given.items():
+                _require_finite(name, value)
 
         v_shaped = (self.v_template + torch.einsum("vcs,bs->bvc", self.shapedirs, betas)
                     + torch.einsum("vce,be->bvc", self.exprdirs, psi)
@@ -156,8 +183,8 @@ class FLAME(nn.Module):
 
         rotations = axis_angle_to_matrix(pose.to(like))  # (B, 5, 3, 3)
         eye = torch.eye(3, dtype=like.dtype, device=like.device)
-        pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)  # (B, 36)
-        v_posed = v_shaped + (pose_feature @ self.posedirs).reshape(batch, -1, 3)
+        pose_feature = (rotations[:, 1:] - eye).reshape(batch, self.posedirs.shape[0])  # (B, 36)
+        v_posed = v_shaped + (pose_feature @ self.posedirs).reshape(v_shaped.shape)
 
         transforms = self._chain_transforms(rotations, rest_joints)  # (B, 5, 4, 4)
         posed_joints = transforms[..., :3, 3]

@@ -64,7 +64,8 @@ class FlameModelData:
         return self.exprdirs.shape[2]
 
     def validate(self) -> None:
-        """Raise ValueError naming the first array whose shape or values do not fit the others."""
+        """Raise ValueError naming the first array whose shape, dtype or values do not fit: wrong shapes, float
+        index arrays, NaN / inf weights, indices out of range, a kinematic tree other than FLAME's."""
         V = self.v_template.shape[0] if self.v_template.ndim == 2 else -1
         J = len(JOINT_NAMES)
         expected = {
@@ -92,6 +93,15 @@ class FlameModelData:
                 f"head model '{self.name}': {self.landmark_faces.shape[0]} landmark faces but "
                 f"{self.landmark_bary.shape[0]} barycentric rows"
             )
+        for key in ("faces", "landmark_faces", "parents"):
+            value = getattr(self, key)
+            if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+                raise ValueError(f"head model '{self.name}': '{key}' must hold integers, got {value.dtype}")
+        for key in ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights", "landmark_bary",
+                    "eyelid_dirs"):
+            value = getattr(self, key)
+            if value is not None and not torch.isfinite(value).all():
+                raise ValueError(f"head model '{self.name}': '{key}' holds NaN or infinite values")
         n_faces = self.faces.shape[0]
         if self.faces.min() < 0 or self.faces.max() >= V:
             raise ValueError(f"head model '{self.name}': 'faces' index vertices outside [0, {V})")

@@ -22,6 +22,23 @@ from .flame_data import JOINT_NAMES, N_POSE_FEATURES, FlameModelData
 N_VERTICES, N_FACES, N_IDENTITY = 5023, 9976, 300
 LANDMARK_FILES = ("landmark_embedding.npy", "flame_static_embedding_68.pkl", "flame_static_embedding.pkl")
 _UINT32_ROOT = 2**32 - 1
+_MAX_DENSE_ENTRIES = 10**8  # FLAME's largest array (shapedirs) has 6e6 entries
+MODEL_FIX = ("re-download generic_model.pkl (FLAME 2020) or flame2023.pkl (FLAME 2023) from "
+             "https://flame.is.tue.mpg.de")
+LANDMARK_FIX = "re-download landmark_embedding.npy (DECA's data) or flame_static_embedding_68.pkl"
+
+
+def _as_array(value: object, what: str) -> np.ndarray:
+    """`value` if it is a numeric numpy array (or a number), else ValueError: a FLAME file holds only arrays, and
+    plain lists are refused before `np.asarray` could unfold them (a pickle of shared nested lists is a few hundred
+    bytes but unfolds to 2**depth elements)."""
+    if isinstance(value, (np.generic, int, float)) and not isinstance(value, bool):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{what} is a {type(value).__name__}, not a numpy array")
+    if value.dtype.hasobject:
+        raise ValueError(f"{what} is an array of Python objects, not of numbers")
+    return value
 
 
 class ChStandIn:
@@ -30,35 +47,46 @@ class ChStandIn:
     def __setstate__(self, state: object) -> None:
         if not isinstance(state, dict) or "x" not in state:
             raise ValueError("a pickled chumpy array has no 'x' in its state")
-        self.x = np.asarray(_unwrap(state["x"]))
+        self.x = _as_array(_unwrap(state["x"]), "a pickled chumpy array's 'x'")
 
 
 class SparseStandIn:
-    """Stand-in for a pickled scipy sparse matrix (any scipy version): keeps its state, densifies it."""
+    """Stand-in for a pickled scipy sparse matrix (any scipy version): checks its arrays, densifies it."""
 
     fmt = ""
 
     def __setstate__(self, state: object) -> None:
+        what = f"a pickled scipy {self.fmt}_matrix"
         if not isinstance(state, dict):
-            raise ValueError(f"a pickled scipy {self.fmt}_matrix has an unexpected state {type(state).__name__}")
-        self.state = state
+            raise ValueError(f"{what} has an unexpected state {type(state).__name__}")
+        try:
+            shape = tuple(int(n) for n in state.get("_shape", state.get("shape")))
+            if len(shape) != 2 or min(shape) < 0 or shape[0] * shape[1] > _MAX_DENSE_ENTRIES:
+                raise ValueError(f"{what} has shape {shape}: too large or not 2-D for a FLAME array")
+            data = _as_array(state["data"], f"{what}'s 'data'")
+            if self.fmt == "coo":
+                index = state["coords"] if "coords" in state else (state["row"], state["col"])
+                rows, cols = (_as_array(a, f"{what}'s coordinates") for a in index)
+            else:
+                indptr = _as_array(state["indptr"], f"{what}'s 'indptr'")
+                inner = _as_array(state["indices"], f"{what}'s 'indices'")
+                counts = np.diff(indptr)
+                if indptr.ndim != 1 or len(indptr) == 0 or (counts < 0).any() or indptr[-1] != len(inner):
+                    raise ValueError(f"{what} has an inconsistent 'indptr'")
+                outer = np.repeat(np.arange(len(indptr) - 1), counts)
+                rows, cols = (inner, outer) if self.fmt == "csc" else (outer, inner)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{what} lacks its arrays ({err!r})") from err
+        integer = np.issubdtype(rows.dtype, np.integer) and np.issubdtype(cols.dtype, np.integer)
+        if not integer or not len(rows) == len(cols) == len(data) or (len(data) and not (
+                0 <= rows.min() and rows.max() < shape[0] and 0 <= cols.min() and cols.max() < shape[1])):
+            raise ValueError(f"{what} has indices that do not fit its shape {shape}")
+        self.shape, self.data, self.rows, self.cols = shape, data, rows.astype(np.intp), cols.astype(np.intp)
 
     def toarray(self) -> np.ndarray:
         """The dense matrix."""
-        s = self.state
-        try:
-            shape = tuple(int(n) for n in s.get("_shape", s.get("shape")))
-            data = np.asarray(s["data"])
-            if self.fmt == "coo":
-                rows, cols = s["coords"] if "coords" in s else (s["row"], s["col"])
-            else:
-                indptr, inner = np.asarray(s["indptr"]), np.asarray(s["indices"])
-                outer = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-                rows, cols = (inner, outer) if self.fmt == "csc" else (outer, inner)
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"a pickled scipy {self.fmt}_matrix lacks its arrays ({err!r})") from err
-        dense = np.zeros(shape, dtype=data.dtype)
-        np.add.at(dense, (np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)), data)
+        dense = np.zeros(self.shape, dtype=self.data.dtype)
+        np.add.at(dense, (self.rows, self.cols), self.data)
         return dense
 
 
@@ -111,10 +139,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _ALLOWED[key]
 
 
-def safe_load_pickle(path: str | Path) -> object:
-    """Unpickle a FLAME-era file, admitting only numpy / scipy-sparse / chumpy globals (see module docstring)."""
-    with open(path, "rb") as f:
+def _restricted_load(f, path: str | Path, what: str, fix: str) -> object:
+    """Unpickle the rest of `f` (see `safe_load_pickle`); any failure but a refused global becomes a ValueError
+    saying that `path` is not a `what` (empty, truncated, not a pickle, or arrays of the wrong kind) and `fix`."""
+    try:
         return _RestrictedUnpickler(f, str(path)).load()
+    except UnsafePickleError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever broke the unpickler, the file is not what it should be
+        reason = "it is empty" if isinstance(err, EOFError) and f.tell() == 0 else f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path} is not a {what} ({reason}); {fix}") from err
+
+
+def safe_load_pickle(path: str | Path) -> object:
+    """Unpickle a FLAME-era file, admitting only numpy / scipy-sparse / chumpy globals (see module docstring).
+
+    Raises UnsafePickleError for any other global, ValueError naming the file for anything else that is wrong."""
+    with open(path, "rb") as f:
+        return _restricted_load(f, path, "FLAME model file", MODEL_FIX)
 
 
 def _unwrap(value: object) -> object:
@@ -127,7 +169,20 @@ def _array(data: dict, key: str, path: Path) -> np.ndarray:
     if key not in data:
         raise ValueError(f"{path}: key '{key}' is missing (have {sorted(map(str, data))})")
     value = _unwrap(data[key])
-    return value.toarray() if isinstance(value, SparseStandIn) else np.asarray(value)
+    return value.toarray() if isinstance(value, SparseStandIn) else _as_array(value, f"{path}: '{key}'")
+
+
+def _check_weights(key: str, value: np.ndarray, path: Path, fix: str = MODEL_FIX) -> None:
+    """ValueError unless `value` holds finite numbers."""
+    if not np.issubdtype(value.dtype, np.number):
+        raise ValueError(f"{path}: '{key}' must hold numbers, got {value.dtype}; {fix}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{path}: '{key}' holds NaN or infinite values; {fix}")
+
+
+def _require_file(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file; name the file inside it")
 
 
 def _check_shape(key: str, value: np.ndarray, expected: tuple, path: Path, at_least_last: bool = False) -> None:
@@ -146,6 +201,7 @@ def load_landmark_embedding(path: str | Path) -> tuple[torch.Tensor, torch.Tenso
     """(face index (L,) int64, barycentric (L, 3) float64) from DECA's `landmark_embedding.npy` or a
     `flame_static_embedding*.pkl` (`lmk_face_idx`, `lmk_b_coords`), both read through the restricted unpickler."""
     path = Path(path)
+    _require_file(path, "landmark embedding")
     if not path.is_file():
         raise FileNotFoundError(f"landmark embedding {path} does not exist")
     with open(path, "rb") as f:
@@ -155,7 +211,7 @@ def load_landmark_embedding(path: str | Path) -> tuple[torch.Tensor, torch.Tenso
             face_key, bary_key = "full_lmk_faces_idx", "full_lmk_bary_coords"
         else:
             f.seek(0)
-            data = _RestrictedUnpickler(f, str(path)).load()
+            data = _restricted_load(f, path, "FLAME landmark embedding", LANDMARK_FIX)
             face_key, bary_key = "lmk_face_idx", "lmk_b_coords"
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict of landmark arrays, found {type(data).__name__}")
@@ -167,22 +223,26 @@ def load_landmark_embedding(path: str | Path) -> tuple[torch.Tensor, torch.Tenso
     if faces.ndim != 1 or not np.issubdtype(faces.dtype, np.integer):
         raise ValueError(f"{path}: '{face_key}' has shape {faces.shape} ({faces.dtype}), expected (L,) integers")
     _check_shape(bary_key, bary, (len(faces), 3), path)
+    _check_weights(bary_key, bary, path, LANDMARK_FIX)
     return _tensor(faces, np.int64), _tensor(bary, np.float64)
 
 
 def _npy_pickled_object(f, path: Path) -> object:
     """The object of a pickled (object-dtype) .npy file, parsed by hand instead of `np.load(allow_pickle=True)`."""
-    version = npy_format.read_magic(f)
     readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
-    if version not in readers:
-        raise ValueError(f"{path}: unsupported .npy format version {version}")
-    shape, _, dtype = readers[version](f)
+    try:
+        version = npy_format.read_magic(f)
+        if version not in readers:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _, dtype = readers[version](f)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a FLAME landmark embedding ({err}); {LANDMARK_FIX}") from err
     if not dtype.hasobject:
         raise ValueError(
             f"{path} holds a plain {dtype} array of shape {shape}, not the pickled landmark dict of DECA's "
             "landmark_embedding.npy (keys 'full_lmk_faces_idx', 'full_lmk_bary_coords')"
         )
-    value = _RestrictedUnpickler(f, str(path)).load()
+    value = _restricted_load(f, path, "FLAME landmark embedding", LANDMARK_FIX)
     return value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
 
 
@@ -199,6 +259,7 @@ def flame_data_from_pkl(
     one the model has no landmarks (L = 0) and a warning says where to put the file.
     """
     path = Path(path)
+    _require_file(path, "FLAME model")
     if not path.is_file():
         raise FileNotFoundError(
             f"FLAME model {path} does not exist. FLAME is licensed: register at https://flame.is.tue.mpg.de, "
@@ -208,7 +269,8 @@ def flame_data_from_pkl(
         raise ValueError(f"n_shape must be in [0, {N_IDENTITY}] and n_expression ≥ 0, got {n_shape}, {n_expression}")
     data = safe_load_pickle(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected the FLAME dict, found {type(data).__name__}")
+        raise ValueError(f"{path} is not a FLAME model file (it holds a {type(data).__name__}, not the FLAME dict); "
+                         f"{MODEL_FIX}")
     n_joints = len(JOINT_NAMES)
     expected = {
         "v_template": (N_VERTICES, 3),
@@ -223,6 +285,11 @@ def flame_data_from_pkl(
     for key, shape in expected.items():
         arrays[key] = _array(data, key, path)
         _check_shape(key, arrays[key], shape, path, at_least_last=key == "shapedirs")
+        if key in ("v_template", "shapedirs", "posedirs", "J_regressor", "weights"):
+            _check_weights(key, arrays[key], path)
+    for key, kind in (("f", "vertex"), ("kintree_table", "joint")):
+        if not np.issubdtype(arrays[key].dtype, np.integer):
+            raise ValueError(f"{path}: '{key}' must hold integer {kind} indices, got {arrays[key].dtype}; {MODEL_FIX}")
     parents = arrays["kintree_table"][0].astype(np.int64)
     parents[parents == _UINT32_ROOT] = -1
     if landmark_path is None:
@@ -237,17 +304,20 @@ def flame_data_from_pkl(
     else:
         lmk_faces, lmk_bary = load_landmark_embedding(landmark_path)
     shapedirs = arrays["shapedirs"]
-    return FlameModelData(
-        v_template=_tensor(arrays["v_template"], np.float64),
-        faces=_tensor(arrays["f"], np.int64),
-        shapedirs=_tensor(shapedirs[:, :, :n_shape], np.float64),
-        exprdirs=_tensor(shapedirs[:, :, N_IDENTITY : N_IDENTITY + n_expression], np.float64),
-        posedirs=_tensor(arrays["posedirs"], np.float64),
-        j_regressor=_tensor(arrays["J_regressor"], np.float64),
-        parents=torch.from_numpy(parents),
-        lbs_weights=_tensor(arrays["weights"], np.float64),
-        landmark_faces=lmk_faces,
-        landmark_bary=lmk_bary,
-        eyelid_dirs=None,
-        name=f"FLAME ({path.name})",
-    )
+    try:
+        return FlameModelData(
+            v_template=_tensor(arrays["v_template"], np.float64),
+            faces=_tensor(arrays["f"], np.int64),
+            shapedirs=_tensor(shapedirs[:, :, :n_shape], np.float64),
+            exprdirs=_tensor(shapedirs[:, :, N_IDENTITY : N_IDENTITY + n_expression], np.float64),
+            posedirs=_tensor(arrays["posedirs"], np.float64),
+            j_regressor=_tensor(arrays["J_regressor"], np.float64),
+            parents=torch.from_numpy(parents),
+            lbs_weights=_tensor(arrays["weights"], np.float64),
+            landmark_faces=lmk_faces,
+            landmark_bary=lmk_bary,
+            eyelid_dirs=None,
+            name=f"FLAME ({path.name})",
+        )
+    except ValueError as err:  # indices out of range, a foreign kinematic tree: name the file
+        raise ValueError(f"{path}: {err}") from err

