@@ -41,27 +41,40 @@ RESUME_HINT = "complete clips are kept; run the same command again to finish the
 @dataclass
 class JobsOutcome:
     """What `run_jobs` did: results {job index: return value}, errors {job index: "Type: message"} for jobs that
-    raised, not_done (sorted indices never finished), interrupted (Ctrl-C), dead_worker (a message, or None)."""
+    raised, not_done (sorted indices never finished), interrupted (Ctrl-C), dead_worker (a message, or None) and
+    dead_job (the index of the job that worker was running)."""
 
     results: dict[int, Any] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
     not_done: list[int] = field(default_factory=list)
     interrupted: bool = False
     dead_worker: str | None = None
+    dead_job: int | None = None
+
+
+class SettingsMismatch(ValueError):
+    """An output folder's clips were made with other settings than this run's (see `claim_settings`)."""
+
+
+class IncompleteRun(RuntimeError):
+    """A run of jobs stopped before all were done; `summary` says what was done (the caller's dict)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
 
 
 def run_jobs(fn: Callable[[Any], Any], jobs: Sequence, workers: int = 1, *, initializer: Callable | None = None,
              initargs: tuple = (), start_method: str | None = None,
              on_result: Callable[[int, Any], None] | None = None) -> JobsOutcome:
-    """Run ``fn(job)`` for each job (see the module docstring). `fn` and `initializer` must be module-level
-    functions when `start_method` is "spawn"/"forkserver"; None = "fork" where the OS has it. `on_result(index,
+    """Run ``fn(job)`` for each job (see the module docstring). `initializer(*initargs)` runs once in each worker
+    process (not when the jobs run here). `fn` and `initializer` must be module-level functions when
+    `start_method` is "spawn"/"forkserver"; None = "fork" where the OS has it. `on_result(index,
     value)` runs in this process as each job finishes (e.g. to advance a progress bar)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     outcome = JobsOutcome()
     if workers == 1 or len(jobs) <= 1:
-        if initializer is not None:
-            initializer(*initargs)
         index = 0
         try:
             for index, job in enumerate(jobs):
@@ -129,8 +142,9 @@ class _Pool:
                     message = _receive(conn)
                     if message is None:  # no result: the worker died
                         proc.join(1)
-                        lost.append(busy.pop(slot))
-                        outcome.dead_worker = _death_message(proc, lost[-1])
+                        outcome.dead_job = busy.pop(slot)
+                        outcome.dead_worker = _death_message(proc)
+                        lost.append(outcome.dead_job)
                         continue
                     index, ok, value = message
                     busy.pop(slot)
@@ -175,7 +189,7 @@ def _receive(conn):
         return None
 
 
-def _death_message(proc, index: int) -> str:
+def _death_message(proc) -> str:
     code = proc.exitcode
     if code is not None and code < 0:
         name = signal.Signals(-code).name
@@ -183,7 +197,7 @@ def _death_message(proc, index: int) -> str:
                                          "workers? try fewer --workers)" if name == "SIGKILL" else "")
     else:
         how = f"exited with status {code}" + (" (its error is printed above)" if code else "")
-    return f"worker process {proc.pid} {how} while running job {index}"
+    return f"worker process {proc.pid} {how}"
 
 
 @contextmanager
@@ -245,7 +259,7 @@ def claim_settings(root: str | os.PathLike, settings: dict, filename: str,
                    from_clip_meta: Callable[[dict], dict] | None = None) -> Path:
     """Record `settings` (JSON-able) in ROOT/filename, or check them against the record there.
 
-    Raises ValueError naming each differing setting (and the file) when they differ. A folder with clips but no
+    Raises SettingsMismatch (a ValueError) naming each differing setting (and the file). A folder with clips but no
     record (written before records existed) is checked with `from_clip_meta(meta)` of its first complete clip
     (the settings a clip's meta.json reveals), then recorded. The record is created atomically (os.link), so two
     runs started together cannot both record theirs."""
@@ -271,8 +285,8 @@ def claim_settings(root: str | os.PathLike, settings: dict, filename: str,
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is unreadable ({e}): it records the settings of the clips in {root}; restore "
-                         "it, or write to a new folder") from None
+        raise SettingsMismatch(f"{path} is unreadable ({e}): it records the settings of the clips in {root}; "
+                               "restore it, or write to a new folder") from None
     _compare({k: recorded.get(k, "(not recorded)") for k in settings.keys() | recorded.keys()}, settings, path, root)
     return path
 
@@ -281,8 +295,8 @@ def _compare(recorded: dict, settings: dict, where, root: Path) -> None:
     differ = [f"{k}: {recorded[k]!r} there, {settings.get(k, '(none)')!r} now" for k in sorted(recorded)
               if recorded[k] != settings.get(k, "(none)")]
     if differ:
-        raise ValueError(f"{root} holds clips made with other settings ({'; '.join(differ)}; from {where}). "
-                         "Resuming would mix the two: use the same settings, or another output folder")
+        raise SettingsMismatch(f"{root} holds clips made with other settings ({'; '.join(differ)}; from {where}). "
+                               "Resuming would mix the two: use the same settings, or another output folder")
 
 
 # ---- command-line value types shared by the data CLIs ------------------------------------------------------------
