@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sheap_lite.data.synthetic as synthetic
 from sheap_lite.data.clip_format import ClipBusyError, clip_lock, is_complete, list_clips, load_clip, write_clip
 from sheap_lite.data.clips import ClipReport
 from sheap_lite.data.jobs import SettingsMismatch, claim_settings, run_jobs
@@ -161,18 +162,19 @@ def test_synthetic_cli_ctrl_c_stops_at_once_and_says_how_to_resume(tmp_path):
     assert list_clips(out) == done  # nothing goes on writing
 
 
+_WRITE_ONE = synthetic._write_one
+
+
+def _write_or_die(job):
+    """synthetic's job, whose worker is killed (as by the out-of-memory killer) for clip 2."""
+    if job[2] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _WRITE_ONE(job)
+
+
 def test_synthetic_killed_worker_and_killed_parent_end_cleanly_and_resume(tmp_path, monkeypatch, capsys):
-    import sheap_lite.data.synthetic as synthetic
-
     out = tmp_path / "syn"
-    write = synthetic._write_one
-
-    def dying(job):
-        if job[2] == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return write(job)
-
-    monkeypatch.setattr(synthetic, "_write_one", dying)  # the forked workers run it
+    monkeypatch.setattr(synthetic, "_write_one", _write_or_die)
     argv = ["--preset", "ci", "--frames", "2", "--size", "16", "--quiet", "--out", str(out), "--workers", "2"]
     with pytest.raises(SystemExit) as stop:
         synthetic.main(argv + ["--clips", "5"])
@@ -196,11 +198,9 @@ def test_synthetic_killed_worker_and_killed_parent_end_cleanly_and_resume(tmp_pa
 
 
 def test_synthetic_resume_with_other_settings_is_refused(tmp_path, capsys):
-    from sheap_lite.data.synthetic import main
-
     def run(**changed):
         given = {"--seed": "0", "--frames": "2", "--size": "16", **changed}
-        return main(["--out", str(tmp_path), "--preset", "ci", "--clips", "1", "--workers", "1", "--quiet",
+        return synthetic.main(["--out", str(tmp_path), "--preset", "ci", "--clips", "1", "--workers", "1", "--quiet",
                      *[x for kv in given.items() for x in kv]])
 
     run()
@@ -220,10 +220,8 @@ def test_synthetic_resume_with_other_settings_is_refused(tmp_path, capsys):
     (["--size", "8"], "size must be at least 16"), (["--seed", "-1"], "--seed: must be at least 0"),
     (["--flame", "/nonexistent.pkl"], "no such file")])
 def test_synthetic_bad_values_are_usage_errors(tmp_path, capsys, argv, message):
-    from sheap_lite.data.synthetic import main
-
     with pytest.raises(SystemExit) as stop:
-        main(["--out", str(tmp_path / "o"), "--preset", "ci", "--quiet", *argv])
+        synthetic.main(["--out", str(tmp_path / "o"), "--preset", "ci", "--quiet", *argv])
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
