@@ -280,8 +280,12 @@ def _write_one(args: tuple[SyntheticConfig, str, int]) -> int:
     path = Path(out) / clip_name(index)
     if not is_complete(path):
         clip = generate_clip(_load_flame(config.flame_path), config, index)
-        write_clip(path, clip["frames"], clip["masks"], clip["landmarks"], clip["landmarks_visible"], clip["meta"],
-                   clip["ground_truth"])
+        try:
+            write_clip(path, clip["frames"], clip["masks"], clip["landmarks"], clip["landmarks_visible"],
+                       clip["meta"], clip["ground_truth"])
+        except FileExistsError:  # another run (same settings) finished it meanwhile: done
+            if not is_complete(path):
+                raise  # ClipBusyError: another run is writing it now
     return index
 
 
