@@ -40,7 +40,8 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def files_of(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file of the clips under root (not the folder's settings record)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("clip_*/**/*")) if p.is_file()}
 
 
 def flame_from_gt(flame: FLAME, gt: dict):

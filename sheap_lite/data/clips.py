@@ -216,8 +216,8 @@ def prepare_clip(source, out_dir: str | os.PathLike, size: int = 224, *, crop_sc
     """Turn one video (file path), folder of frames, or iterable of (H,W,3) RGB uint8 frames into the clip folder
     `out_dir` (see the module docstring and :mod:`sheap_lite.data.clip_format`). Returns a :class:`ClipReport`;
     a bad source never raises (status "unreadable" / "no_face" / "error"); bad settings raise ValueError. A
-    complete `out_dir` is left as it is (status "complete"); an incomplete one (or a leftover ``.partial``) is
-    replaced when the new clip is written.
+    complete `out_dir` is left as it is (status "complete"); an incomplete one (or a dead writer's temporary folder)
+    is replaced when the new clip is written; ClipBusyError (reported as "error") while another process writes it.
     `identity` (default: the file's stem) and `name` (default: the path; meta's "video:<name>") go into meta.json.
     Memory: the kept crops stay in memory until the clip is written (~150 KB per 224² frame): cap long videos
     with `max_frames`. `progress`: optional callable(n_frames_read) called after each frame."""
