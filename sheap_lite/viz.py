@@ -29,8 +29,15 @@ def _rgb(colors: np.ndarray) -> list[str]:
     return [f"rgb({r},{g},{b})" for r, g, b in c]
 
 
+def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance (N,) from points (N,3) to the segment a–b."""
+    t = np.clip((points - a) @ (b - a) / max(float((b - a) @ (b - a)), 1e-18), 0.0, 1.0)
+    return np.linalg.norm(points - (a + t[:, None] * (b - a)), axis=1)
+
+
 def head_colors(flame) -> np.ndarray:
-    """Per-vertex colours (V,3) for a FLAME-format head: skin, and eyeballs with a dark iris facing forward.
+    """Per-vertex colours (V,3) for a FLAME-format head: skin, eyebrows along its 68 iBUG brow landmarks, and
+    eyeballs with a dark iris facing forward.
 
     Eyeball vertices are those skinned entirely to an eye joint; the iris is the cap around each eye's +z axis
     in the rest pose, so turning an eye joint visibly turns the gaze.
@@ -38,7 +45,14 @@ def head_colors(flame) -> np.ndarray:
     rgb = np.tile(np.array([230, 196, 170]) / 255.0, (flame.v_template.shape[0], 1))
     template = _np(flame.v_template)
     weights = _np(flame.lbs_weights)
-    centres = _np(flame().joints[0])
+    rest = flame()
+    centres = _np(rest.joints[0])
+    if flame.n_landmarks == 68:  # eyebrows: darker hair along iBUG 17–21 and 22–26, soft-edged (σ = 3 mm)
+        brows = _np(rest.landmarks[0])
+        ends = [(brows[i], brows[i + 1]) for i in (*range(17, 21), *range(22, 26))]
+        dist = np.min([_segment_distance(template, a, b) for a, b in ends], axis=0)
+        hair = 0.8 * np.exp(-0.5 * (dist / 0.003) ** 2)[:, None] * (weights[:, 3:].sum(1) < 0.5)[:, None]
+        rgb = (1 - hair) * rgb + hair * np.array([0.24, 0.16, 0.11])
     for joint in (3, 4):
         eye = weights[:, joint] > 0.999
         if not eye.any():

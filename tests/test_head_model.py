@@ -6,7 +6,7 @@ import torch
 
 from sheap_lite.data.dataset import IBUG68_MIRROR
 from sheap_lite.flame import FLAME
-from sheap_lite.head_model import _pca_basis, builtin_head_data, derive_builtin_head
+from sheap_lite.head_model import _pca_basis, align_rigidly, builtin_head_data, derive_builtin_head
 
 # iBUG-68 left/right mirror pairs (image left = subject's right) and midline points, from the one table
 MIRROR = {i: int(j) for i, j in enumerate(IBUG68_MIRROR) if i != j}
@@ -134,6 +134,35 @@ def test_identity_basis_is_pca_ordered_and_gives_plausible_people(head):
     assert face_width.min() > 0.10 and face_width.max() < 0.17
     assert eye_distance.min() > 0.02 and eye_distance.max() < 0.05
     assert face_width.std() > 0.003, "identities differ"
+
+
+def test_identity_coefficients_change_shape_not_placement(head):
+    """For random identities, the best rotation + translation of the template explains at most 15 % of the skin's
+    offset energy (rigid fraction = 1 − residual energy after the best rigid fit / offset energy)."""
+    skin = int((head.lbs_weights[:, 3:].sum(1) == 0).sum())
+    template = head.v_template.numpy()
+    assert (head.lbs_weights[:skin, 3:] == 0).all(), "skin vertices come first"
+    betas = torch.randn(50, head.n_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    shaped = head(shape=betas).vertices.numpy()
+    aligned, _ = align_rigidly(shaped, shaped[:, :1], template, skin)
+    offset = ((shaped - template)[:, :skin] ** 2).sum((1, 2))
+    residual = ((aligned - template)[:, :skin] ** 2).sum((1, 2))
+    assert np.median(1 - residual / offset) <= 0.15
+    assert np.sqrt(offset / skin).min() > 0.002, "identities still differ by millimetres"
+
+
+def test_rigid_alignment_undoes_a_rotation_and_translation():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(30, 3))
+    angle = 0.4
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    moved = reference @ rotation + [0.1, -0.2, 0.3]
+    moved[20:] += 1.0  # not skin: ignored by the fit, moved with it
+    joint = moved[:1] + 0.5
+    aligned, joints = align_rigidly(moved[None], joint[None], reference, n_skin=20)
+    np.testing.assert_allclose(aligned[0, :20], reference[:20], atol=1e-12)
+    np.testing.assert_allclose(aligned[0, 20:], reference[20:] + np.ones(3) @ rotation.T, atol=1e-12)
+    np.testing.assert_allclose(joints[0], reference[:1] + 0.5 * np.ones(3) @ rotation.T, atol=1e-12)
 
 
 def test_pca_basis_recovers_known_directions():
