@@ -69,6 +69,7 @@ class Appearance:
     pupil_fraction: float  # pupil radius / iris radius
     sclera: torch.Tensor
     teeth: torch.Tensor
+    teeth_height: float  # visible height of the upper teeth below the lip (metres)
     hair_colour: torch.Tensor
     clothes_colour: torch.Tensor
     stripe_colour: torch.Tensor
@@ -106,7 +107,7 @@ def sample_appearance(rng: np.random.Generator, rest_landmarks, eye_centres, eye
         iris_colour=_linear(iris), iris_inner=_linear(iris * rng.uniform(0.8, 1.6, 3) * [1.1, 0.9, 0.6]),
         iris_cos=float(rng.uniform(0.855, 0.885)), pupil_fraction=float(rng.uniform(0.3, 0.45)),
         sclera=_linear(np.array([0.86, 0.83, 0.79]) * rng.uniform(0.85, 1.0)),
-        teeth=_linear(np.array([0.88, 0.84, 0.74]) * rng.uniform(0.75, 1.0)),
+        teeth=_linear(np.array([0.88, 0.84, 0.74]) * rng.uniform(0.75, 1.0)), teeth_height=float(rng.uniform(0.004, 0.008)),
         hair_colour=_linear(hair), clothes_colour=_linear(clothes),
         stripe_colour=_linear(CLOTHES_COLOURS[rng.integers(len(CLOTHES_COLOURS))]),
         stripe_period=float(rng.uniform(0.008, 0.03)) if rng.uniform() < 0.25 else 0.0,
@@ -159,24 +160,34 @@ def sample_lights(rng: np.random.Generator) -> Lights:
 
 
 def _mouth_regions(material: torch.Tensor, surface: torch.Tensor, teeth_height: float) -> torch.Tensor:
-    """Per pixel (B,H,W) int: 0 cavity, 1 upper teeth, 2 lower teeth, 3 tongue: mouth pixels within a teeth
-    height (converted to pixels with the skin's metres per pixel) below / above the lips."""
+    """Per pixel (B,H,W) int64: 0 cavity, 1 upper teeth, 2 lower teeth, 3 tongue: mouth pixels within a teeth
+    height (in pixels, from the metres per pixel of the lips around the mouth) below / above a lip pixel.
+    material (B,H,W), surface (B,3,H,W)."""
     mouth_px = material == MATERIALS["mouth"]
-    lips = (material == MATERIALS["skin"]).float()[:, None]
-    step = (surface[:, :, 1:] - surface[:, :, :-1]).norm(dim=1)  # metres between vertically adjacent pixels
-    both = (lips[:, 0, 1:] * lips[:, 0, :-1]) > 0
-    metres = step[both].median() if both.any() else surface.new_tensor(1e-3)
-    t = int(min(max(round(teeth_height / max(float(metres), 1e-6)), 1), material.shape[1]))
+    regions = torch.zeros_like(material)
+    if not mouth_px.any():
+        return regions
+    rows = mouth_px.any(2).any(0).nonzero()[:, 0]
+    top, bottom, h = int(rows[0]), int(rows[-1]) + 1, material.shape[1]
+    window = slice(max(top - 4, 0), min(bottom + 4, h))  # the mouth and the lips around it
+    lips, near_points = material[:, window] == MATERIALS["skin"], surface[:, :, window]
+    step = (near_points[:, :, 1:] - near_points[:, :, :-1]).norm(dim=1)
+    both = lips[:, 1:] & lips[:, :-1]
+    metres = float(step[both].mean()) if both.any() else 1e-3
+    t = int(min(max(round(teeth_height / max(metres, 1e-6)), 1), h))
+    top, bottom = max(top - 2 * t, 0), min(bottom + 2 * t, h)  # the rows the search needs
+    crop = (material[:, top:bottom] == MATERIALS["skin"]).float()[:, None]
 
-    def near(rows_up: int) -> torch.Tensor:  # a lip pixel within `rows` rows above (rows_up > 0) or below
-        rows = abs(rows_up)
-        padded = F.pad(lips, (0, 0, rows, 0) if rows_up > 0 else (0, 0, 0, rows))
+    def near(rows: int, above: bool) -> torch.Tensor:  # a lip pixel within `rows` rows above / below
+        padded = F.pad(crop, (0, 0, rows, 0) if above else (0, 0, 0, rows))
         return F.max_pool2d(padded, (rows + 1, 1), stride=1)[:, 0] > 0
 
-    upper = mouth_px & near(t)
-    lower = mouth_px & near(-max(1, int(0.8 * t))) & ~upper
-    tongue = mouth_px & near(-2 * t) & ~upper & ~lower
-    return upper.long() + 2 * lower.long() + 3 * tongue.long()
+    inside = mouth_px[:, top:bottom]
+    upper = inside & near(t, True)
+    lower = inside & near(max(1, int(0.8 * t)), False) & ~upper
+    tongue = inside & near(2 * t, False) & ~upper & ~lower
+    regions[:, top:bottom] = upper.long() + 2 * lower.long() + 3 * tongue.long()
+    return regions
 
 
 def _specular_power(roughness: torch.Tensor) -> torch.Tensor:
@@ -191,21 +202,26 @@ def shade_frame(maps: dict, appearance: Appearance, lights: Lights) -> torch.Ten
             raise ValueError(f"shade_frame: maps[{key!r}] must be a (B,{channels},H,W) tensor")
     alpha, material = maps["alpha"].float(), maps["material"][:, 0]
     b, _, h, w = alpha.shape
+    if material.numel() and (material.min() < 0 or material.max() >= len(MATERIALS)):
+        raise ValueError(f"shade_frame: material codes must be in 0..{len(MATERIALS) - 1} (MATERIALS)")
     foreground = ((alpha[:, 0] > 0) & (material != MATERIALS["background"])).flatten()
     index = foreground.nonzero()[:, 0]
+    codes, order = torch.sort(material.flatten()[index], stable=True)  # one contiguous run per material
+    index = index[order]
     pick = lambda x: x.float().permute(0, 2, 3, 1).reshape(-1, x.shape[1])[index]  # noqa: E731
     point, normal, view = pick(maps["surface"]), pick(maps["normal"]), pick(maps["view"])
-    codes = material.flatten()[index]
-    mouth_region = _mouth_regions(material, maps["surface"].float(), 0.006).flatten()[index]
-    sample = MaterialSample.empty(len(index))
-    painters = {"skin": lambda p, s: skin(p, appearance, s), "eye": lambda p, s: eye(p, appearance),
-                "hair": lambda p, s: hair(p, appearance), "body": lambda p, s: body(p, appearance),
-                "occluder": lambda p, s: occluder(p, appearance),
-                "mouth": lambda p, s: mouth(p, appearance, s)}
+    painters = {"skin": skin, "eye": eye, "hair": hair, "body": body, "occluder": occluder, "mouth": mouth}
+    counts = torch.bincount(codes, minlength=len(MATERIALS)).tolist()
+    parts, start = [], sum(counts[:MATERIALS["skin"]])
     for name, paint in painters.items():
-        chosen = codes == MATERIALS[name]
-        if chosen.any():
-            sample.assign(chosen, paint(point[chosen], mouth_region[chosen]))
+        run = slice(start, start + counts[MATERIALS[name]])
+        start = run.stop
+        if run.stop > run.start and name == "mouth":
+            region = _mouth_regions(material, maps["surface"].float(), appearance.teeth_height).flatten()[index[run]]
+            parts.append(mouth(point[run], appearance, region))
+        elif run.stop > run.start:
+            parts.append(paint(point[run], appearance))
+    sample = MaterialSample.cat(parts, len(index))
 
     is_mouth = codes == MATERIALS["mouth"]
     normal = torch.where(is_mouth[:, None], view, normal)  # the cavity faces the viewer, in shadow

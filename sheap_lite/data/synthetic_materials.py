@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .synthetic_camera import srgb_to_linear
-from .synthetic_texture import (fbm, gaussian, inside_polygon, mix, polygon_edge_distance, polyline_distance,
+from .synthetic_texture import (fbm, inside_polygon, mix, polygon_edge_distance, polyline_distance,
                                 smoothstep, strand_noise, value_noise)
 
 MOUTH_CAVITY = srgb_to_linear(torch.tensor([0.22, 0.05, 0.05]))
@@ -47,9 +47,12 @@ class MaterialSample:
         return cls(albedo, torch.as_tensor(f0, dtype=torch.float32).expand(n, 3).clone(), full(roughness),
                    full(shine), full(occlusion), full(wrap), torch.full((n,), strands))
 
-    def assign(self, mask: torch.Tensor, other: "MaterialSample") -> None:
-        for field in fields(self):
-            getattr(self, field.name)[mask] = getattr(other, field.name)
+    @classmethod
+    def cat(cls, parts: list["MaterialSample"], n: int) -> "MaterialSample":
+        """The parts one after the other (an empty sample of n = 0 points when there are none)."""
+        if not parts:
+            return cls.empty(n)
+        return cls(*(torch.cat([getattr(part, field.name) for part in parts]) for field in fields(cls)))
 
 
 def _near(points: torch.Tensor, anchors: torch.Tensor, margin: float) -> torch.Tensor:
@@ -59,37 +62,51 @@ def _near(points: torch.Tensor, anchors: torch.Tensor, margin: float) -> torch.T
 
 
 def _skin_base(p: torch.Tensor, app) -> tuple[torch.Tensor, torch.Tensor]:
-    """Skin tone with mottling, redness blotches and pores: (albedo (N,3), pore noise (N,) in [0,1])."""
-    low = fbm(app.noise, p, 0.015, 3)
-    pores = value_noise(app.noise, p / 0.0009 + 11.1)[:, 0]
-    albedo = app.skin * (1 + 0.10 * low[:, :1]) * (1 - 0.08 * (pores[:, None] - 0.5))
-    albedo = albedo * (1 - 0.12 * low[:, 1:2].clamp_min(0) * torch.tensor([0.0, 1.0, 1.0]))
-    return albedo, pores
+    """Skin tone with mottling, redness blotches and pores / freckles / stubble noise: (albedo (N,3), fine noise
+    (N,4) in [0,1] with cells of 1.2 mm)."""
+    n = p.shape[0]
+    noise = value_noise(app.noise, torch.cat([p / 0.015, p / 0.0075 + 3.1, p / 0.0012 + 11.1]))
+    low = (noise[:n] - 0.5) + 0.5 * (noise[n:2 * n] - 0.5)  # two octaves, zero-mean
+    fine = noise[2 * n:]
+    albedo = app.skin * (1 + 0.14 * low[:, :1]) * (1 - 0.08 * (fine[:, :1] - 0.5))
+    albedo = albedo * (1 - 0.15 * low[:, 1:2].clamp_min(0) * torch.tensor([0.0, 1.0, 1.0]))
+    return albedo, fine
 
 
-def skin(p: torch.Tensor, app, _unused=None) -> MaterialSample:
+def _blobs(p: torch.Tensor, app) -> dict[str, torch.Tensor]:
+    """Soft Gaussian weights (N,) around landmark-placed points of the face, all from one distance matrix."""
+    lm, r, down = app.landmarks, app.eye_radius, torch.tensor([0, 0.006, 0])
+    nostril = lambda k: lm[k] + torch.tensor([0.35 * float(lm[33, 0] - lm[k, 0]), 0.002, -0.004])  # noqa: E731
+    places = {"nose": (lm[30], 0.01), "ear_r": (lm[0], 0.02), "ear_l": (lm[16], 0.02),
+              "cheek_r": (0.55 * lm[2] + 0.45 * lm[31], 0.02), "cheek_l": (0.55 * lm[14] + 0.45 * lm[35], 0.02),
+              "socket_r": (app.eye_centres[0], 1.5 * r), "socket_l": (app.eye_centres[1], 1.5 * r),
+              "under_r": (lm[40:42].mean(0) - down, 0.007), "under_l": (lm[46:48].mean(0) - down, 0.007),
+              "nostril_r": (nostril(31), 0.0035), "nostril_l": (nostril(35), 0.0035),
+              "corner_r": (lm[48], 0.003), "corner_l": (lm[54], 0.003), "freckles": (lm[29], 0.035),
+              "forehead": (lm[27] + torch.tensor([0.0, 0.045, -0.005]), 0.025), "nose_oil": (lm[30], 0.012)}
+    centres = torch.stack([c for c, _ in places.values()])
+    sigmas = torch.tensor([s for _, s in places.values()])
+    weights = torch.exp(-0.5 * torch.cdist(p, centres).square() / sigmas.square())
+    return dict(zip(places, weights.unbind(1)))
+
+
+def skin(p: torch.Tensor, app) -> MaterialSample:
     """Facial skin with brows, lash lines, lips, freckles, stubble, redness and darker folds."""
-    lm, r = app.landmarks, app.eye_radius
-    albedo, pores = _skin_base(p, app)
-    occlusion = torch.ones(p.shape[0])
-    redness = 0.5 * (gaussian(p, lm[30], 0.01) + 0.5 * gaussian(p, lm[0], 0.02) + 0.5 * gaussian(p, lm[16], 0.02))
-    for jaw, nose in ((2, 31), (14, 35)):
-        redness = redness + gaussian(p, 0.55 * lm[jaw] + 0.45 * lm[nose], 0.02)
+    lm = app.landmarks
+    albedo, fine = _skin_base(p, app)
+    blob = _blobs(p, app)
+    redness = (blob["cheek_r"] + blob["cheek_l"] + 0.5 * blob["nose"] + 0.25 * (blob["ear_r"] + blob["ear_l"]))
     albedo = albedo * (1 - app.blush * redness[:, None] * torch.tensor([0.0, 0.35, 0.3]))
-    for centre in app.eye_centres:  # the socket and the lids are shadowed
-        occlusion = occlusion * (1 - 0.3 * gaussian(p, centre, 1.5 * r))
-    under_eye = gaussian(p, lm[40:42].mean(0) - torch.tensor([0, 0.006, 0]), 0.007) + gaussian(
-        p, lm[46:48].mean(0) - torch.tensor([0, 0.006, 0]), 0.007)
-    albedo = mix(albedo, albedo * torch.tensor([0.85, 0.8, 0.88]), 0.5 * under_eye)
-    for k, corner in ((31, 48), (35, 54)):  # nostrils, nasolabial folds, mouth corners
-        nostril = lm[k] + torch.tensor([0.35 * float(lm[33, 0] - lm[k, 0]), 0.002, -0.004])
-        occlusion = occlusion * (1 - 0.6 * gaussian(p, nostril, 0.0035)) * (1 - 0.3 * gaussian(p, lm[corner], 0.003))
+    occlusion = ((1 - 0.3 * blob["socket_r"]) * (1 - 0.3 * blob["socket_l"]) * (1 - 0.6 * blob["nostril_r"])
+                 * (1 - 0.6 * blob["nostril_l"]) * (1 - 0.3 * blob["corner_r"]) * (1 - 0.3 * blob["corner_l"]))
+    albedo = mix(albedo, albedo * torch.tensor([0.85, 0.8, 0.88]), 0.5 * (blob["under_r"] + blob["under_l"]))
+    for k, corner in ((31, 48), (35, 54)):  # nasolabial folds
         fold = torch.stack([lm[k], lm[corner]]) + torch.tensor([float(lm[k, 0] - lm[33, 0]) * 0.4, 0.0, 0.0])
-        occlusion = occlusion * (1 - 0.15 * torch.exp(-0.5 * (polyline_distance(p, fold)[0] / 0.003) ** 2))
+        near = _near(p, fold, 0.01)
+        occlusion[near] *= 1 - 0.15 * torch.exp(-0.5 * (polyline_distance(p[near], fold)[0] / 0.003) ** 2)
 
     if app.freckles > 0:
-        spots = value_noise(app.noise, p / 0.0022 + 5.3)[:, 2]
-        region = gaussian(p, lm[29], 0.035)
+        spots, region = fine[:, 2], blob["freckles"]
         freckle = smoothstep((spots - 0.72 + 0.35 * app.freckles * region) / 0.04) * region.clamp(max=1) ** 0.5
         albedo = mix(albedo, albedo * torch.tensor([0.72, 0.55, 0.45]), 0.8 * freckle)
     lips = torch.zeros(p.shape[0])
@@ -109,14 +126,14 @@ def skin(p: torch.Tensor, app, _unused=None) -> MaterialSample:
         top = lm[33, 1] + (lm[2, 1] - lm[33, 1]) * (x / lm[2, 0].abs()).clamp(max=1.0)
         region = (smoothstep((top - 0.004 - y) / 0.008) * smoothstep((y - lm[8, 1] + 0.03) / 0.01)
                   * smoothstep((p[:, 2] - lm[[0, 16], 2].mean() + 0.005) / 0.01) * (1 - lips))
-        dots = value_noise(app.noise, p / 0.0005 + 2.2)[:, 1]
+        dots = fine[:, 1]
         beard = region * smoothstep((dots - 0.75 + 0.25 * app.stubble) / 0.05)
         albedo = mix(albedo, albedo * torch.tensor([0.78, 0.8, 0.88]), 0.5 * app.stubble * region)
         albedo = mix(albedo, app.brow_colour * 0.8, 0.85 * beard)
     _brows_and_lashes(p, app, albedo)
 
-    oily = app.oil * (gaussian(p, lm[27] + torch.tensor([0.0, 0.045, -0.005]), 0.025) + gaussian(p, lm[30], 0.012))
-    roughness = app.skin_roughness - 0.12 * oily.clamp(max=1) - 0.15 * lips + 0.06 * (pores - 0.5)
+    oily = app.oil * (blob["forehead"] + blob["nose_oil"])
+    roughness = app.skin_roughness - 0.12 * oily.clamp(max=1) - 0.15 * lips + 0.06 * (fine[:, 3] - 0.5)
     shine = 1.0 + 1.5 * oily + 1.5 * lips
     return MaterialSample(albedo, torch.full_like(albedo, SKIN_F0), roughness, shine, occlusion,
                           torch.full_like(shine, 0.3), torch.zeros(p.shape[0], dtype=torch.bool))
