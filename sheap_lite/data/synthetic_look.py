@@ -39,7 +39,7 @@ IRIS_COLOURS = np.array([[0.30, 0.18, 0.10], [0.18, 0.10, 0.06], [0.28, 0.45, 0.
 CLOTHES_COLOURS = np.array([[0.10, 0.12, 0.22], [0.08, 0.08, 0.09], [0.45, 0.45, 0.46], [0.85, 0.85, 0.82],
                             [0.15, 0.28, 0.20], [0.40, 0.10, 0.14], [0.70, 0.62, 0.50], [0.25, 0.35, 0.55],
                             [0.70, 0.55, 0.20]])
-LIGHT_COLOURS = np.array([[1.0, 0.82, 0.64], [1.0, 0.95, 0.88], [0.95, 0.97, 1.0], [0.82, 0.89, 1.0]])  # warm..cool
+LIGHT_COLOURS = np.array([[1.0, 0.87, 0.72], [1.0, 0.95, 0.88], [0.95, 0.97, 1.0], [0.82, 0.89, 1.0]])  # warm..cool
 
 
 def _linear(srgb: np.ndarray) -> torch.Tensor:
@@ -90,8 +90,8 @@ def sample_appearance(rng: np.random.Generator, rest_landmarks, eye_centres, eye
                          f"got {tuple(landmarks.shape)}, {tuple(centres.shape)}, {eye_radius}")
     tone = SKIN_TONES[rng.integers(len(SKIN_TONES))] + rng.uniform(-0.03, 0.03, 3)
     hair = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))] * rng.uniform(0.85, 1.1)
-    brow = hair * rng.uniform(0.6, 1.0) if rng.uniform() < 0.8 else HAIR_COLOURS[rng.integers(3)]
-    iris = IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))] * rng.uniform(0.8, 1.15)
+    brow = hair * rng.uniform(0.45, 0.8) if rng.uniform() < 0.8 else HAIR_COLOURS[rng.integers(3)]
+    iris = IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))] * rng.uniform(0.6, 0.95)
     clothes = CLOTHES_COLOURS[rng.integers(len(CLOTHES_COLOURS))] * rng.uniform(0.8, 1.15, 3)
     occluder = str(rng.choice(OCCLUDER_KINDS))
     metal = bool(rng.uniform() < 0.4)
@@ -101,7 +101,7 @@ def sample_appearance(rng: np.random.Generator, rest_landmarks, eye_centres, eye
         skin=_linear(tone), blush=float(rng.uniform(0.1, 0.6)),
         freckles=float(rng.uniform(0.15, 0.45)) if rng.uniform() < 0.25 else 0.0,
         stubble=float(rng.uniform(0.3, 0.9)) if rng.uniform() < 0.3 else 0.0,
-        brow_colour=_linear(brow), brow_thickness=float(rng.uniform(0.004, 0.0075)),
+        brow_colour=_linear(brow), brow_thickness=float(rng.uniform(0.006, 0.01)),
         brow_density=float(rng.uniform(0.6, 0.95)),
         lip_colour=_linear(tone * np.array([0.86, 0.58, 0.60]) * rng.uniform(0.8, 1.0)),
         iris_colour=_linear(iris), iris_inner=_linear(iris * rng.uniform(0.8, 1.6, 3) * [1.1, 0.9, 0.6]),

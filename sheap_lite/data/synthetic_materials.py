@@ -69,7 +69,7 @@ def _skin_base(p: torch.Tensor, app) -> tuple[torch.Tensor, torch.Tensor]:
     low = (noise[:n] - 0.5) + 0.5 * (noise[n:2 * n] - 0.5)  # two octaves, zero-mean
     fine = noise[2 * n:]
     albedo = app.skin * (1 + 0.14 * low[:, :1]) * (1 - 0.08 * (fine[:, :1] - 0.5))
-    albedo = albedo * (1 - 0.15 * low[:, 1:2].clamp_min(0) * torch.tensor([0.0, 1.0, 1.0]))
+    albedo = albedo * (1 - 0.08 * low[:, 1:2].clamp_min(0) * torch.tensor([0.0, 1.0, 1.0]))
     return albedo, fine
 
 

@@ -9,8 +9,6 @@ coordinates scaled more along one axis than the others.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,11 +60,6 @@ def fbm(volume: torch.Tensor, points: torch.Tensor, cell: float, octaves: int = 
     return 2.0 * torch.einsum("k,knc->nc", weights / weights.sum(), values - 0.5)
 
 
-def gaussian(points: torch.Tensor, centre: torch.Tensor, sigma: float) -> torch.Tensor:
-    """exp(-|p - centre|² / 2σ²) for points (N,3) -> (N,)."""
-    return torch.exp(-0.5 * ((points - centre) ** 2).sum(-1) / sigma ** 2)
-
-
 def polyline_distance(points: torch.Tensor, line: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance of points (N,D) to an open polyline (M,D), and the nearest point's arc-length position along the
     line in [0,1] (0 at line[0]) -> ((N,), (N,))."""
@@ -109,10 +102,3 @@ def strand_noise(volume: torch.Tensor, along: torch.Tensor, across: torch.Tensor
     values = value_noise(volume, torch.cat([coarse, coarse * 2.1 + 3.7]))
     n = along.shape[0]
     return 0.65 * values[:n, 3] + 0.35 * values[n:, 2]
-
-
-def angle_between(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return torch.acos((u * v).sum(-1).clamp(-1.0, 1.0))
-
-
-TWO_PI = 2.0 * math.pi
