@@ -16,7 +16,8 @@ from sheap_lite.data.clip_format import list_clips, load_clip
 from sheap_lite.data.synthetic import (PRESETS, SyntheticConfig, _load_flame, back_facing, clip_name,
                                        generate_clip, generate_dataset, identity_of, landmark_visibility, main,
                                        render_frames, split_of)
-from sheap_lite.data.synthetic_albedo import MOUTH_INTERIOR, background_image, procedural_albedo
+from sheap_lite.data.synthetic_albedo import MOUTH_INTERIOR, procedural_albedo
+from sheap_lite.data.synthetic_camera import background_image
 from sheap_lite.data.synthetic_motion import (EXPRESSION_PRESETS, JAW_PITCH_PER_OPEN, expression_sequence,
                                               pose_sequence)
 from sheap_lite.flame import FLAME
@@ -285,13 +286,3 @@ def test_back_facing_pixels():
     face_index = torch.tensor([0, 1, -1]).reshape(1, 1, 1, 3)
     got = back_facing(vertices, faces, face_index, look_at_viewmat(1.0))
     assert got.shape == (1, 1, 1, 3) and got.flatten().tolist() == [False, True, False]
-
-
-def test_backgrounds():
-    rng = np.random.default_rng(0)
-    for kind in ("flat", "gradient", "noise", "black", "random"):
-        image = background_image(rng, 24, kind)
-        assert image.shape == (24, 24, 3) and image.min() >= 0 and image.max() <= 1
-    assert np.ptp(background_image(rng, 24, "flat"), axis=(0, 1)).max() == 0
-    noise = background_image(rng, 32, "noise")
-    assert np.abs(np.diff(noise, axis=0)).max() < 0.25 and np.ptp(noise) > 0.1  # smooth but not flat

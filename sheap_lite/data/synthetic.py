@@ -37,7 +37,8 @@ from ..gaussians import ambient_sh, sh_from_directional_light
 from .clip_format import is_complete, write_clip
 from .jobs import (RESUME_HINT, IncompleteRun, SettingsMismatch, claim_settings, non_negative_int, positive_int,
                    run_jobs)
-from .synthetic_albedo import BACKGROUNDS, MOUTH_INTERIOR, background_image, procedural_albedo
+from .synthetic_albedo import MOUTH_INTERIOR, procedural_albedo
+from .synthetic_camera import BACKGROUNDS, background_image
 from .synthetic_motion import expression_sequence, framing_jitter, lighting, pose_sequence
 
 __all__ = ["SyntheticConfig", "PRESETS", "split_of", "identity_of", "clip_name", "generate_clip", "render_frames",
@@ -57,7 +58,7 @@ class SyntheticConfig:
     shape_scale: identity coefficients ~ N(0, shape_scale²) over the first `n_shape` components (None = all);
     expression_scale, pose_scale: multiply the expression intensities and the head/eye rotations;
     lateral_jitter / depth_jitter: metres of per-clip framing offset in x,y / z;
-    background: "random" (flat, gradient or noise per clip), "flat", "gradient", "noise" or "black";
+    background: one of `synthetic_camera.BACKGROUNDS` ("random": mostly photos and interiors; linear light);
     render_mode: the mesh renderer's "hard" (aliased edges, fastest) or "soft" (anti-aliased silhouettes, with
     `soft_sigma` pixels² and `faces_per_pixel`; ~4x slower); visibility_tolerance: metres a landmark may lie behind the
     rendered surface at its pixel and still count as visible; flame_path: None = FLAME.load()'s choice.

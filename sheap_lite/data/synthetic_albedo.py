@@ -1,4 +1,5 @@
-"""Procedural appearance for synthetic clips: per-vertex albedo of one identity, and image backgrounds.
+"""Per-vertex procedural albedo of one identity (today's synthetic clips; superseded by the per-pixel
+`synthetic_look` once the generator renders material maps). Backgrounds live in `synthetic_camera`.
 
 The albedo is painted on the rest template with rules that need only what every FLAME-format head has (the 68
 landmarks, the eye joints and their skinning weights), so the built-in head and FLAME get the same treatment:
@@ -135,40 +136,3 @@ def procedural_albedo(rng: np.random.Generator, template: np.ndarray, faces: np.
         rgb[eye] = np.where(cos[:, None] > 0.97, [0.04, 0.04, 0.04],
                             np.where(cos[:, None] > iris_size, iris_colour, [0.92, 0.9, 0.87]))
     return np.clip(rgb, 0.0, 1.0)
-
-
-BACKGROUND_KINDS = ("flat", "gradient", "noise")
-BACKGROUNDS = ("random", *BACKGROUND_KINDS, "black")  # what a config may ask for
-
-
-def background_image(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
-    """A background (size,size,3) in [0,1]: "flat" colour, linear "gradient" between two colours in a random
-    direction, "noise" (a 3-6 cell random colour grid, bicubically smooth), "black", or "random" (one of the first
-    three)."""
-    if kind == "random":
-        kind = str(rng.choice(BACKGROUND_KINDS))
-    if kind == "black":
-        return np.zeros((size, size, 3))
-    coords = (np.arange(size) + 0.5) / size
-    if kind == "flat":
-        return np.broadcast_to(rng.uniform(0, 1, 3), (size, size, 3)).copy()
-    if kind == "gradient":
-        a, b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-        angle = rng.uniform(0, 2 * np.pi)
-        s = np.cos(angle) * coords[None, :] + np.sin(angle) * coords[:, None]
-        s = (s - s.min()) / max(s.max() - s.min(), 1e-9)
-        return a + (b - a) * s[..., None]
-    if kind == "noise":
-        cells = int(rng.integers(3, 7))
-        grid = rng.uniform(0, 1, (cells + 3, cells + 3, 3))
-        pos = coords * cells + 1.0  # grid index space, with a border cell on each side
-        i0 = np.floor(pos).astype(int)
-        f = pos - i0
-        # Catmull-Rom weights along each axis
-        w = np.stack([(-f ** 3 + 2 * f ** 2 - f) / 2, (3 * f ** 3 - 5 * f ** 2 + 2) / 2,
-                      (-3 * f ** 3 + 4 * f ** 2 + f) / 2, (f ** 3 - f ** 2) / 2], axis=1)  # (S,4)
-        idx = np.clip(i0[:, None] + np.arange(-1, 3)[None], 0, cells + 2)  # (S,4)
-        patch = grid[idx[:, None, :, None], idx[None, :, None, :]]  # (S,S,4,4,3)
-        image = np.einsum("ya,xb,yxabc->yxc", w, w, patch)
-        return np.clip(image, 0.0, 1.0)
-    raise ValueError(f"background kind must be one of {BACKGROUNDS}, got {kind!r}")
