@@ -214,3 +214,17 @@ def test_demo_refuses_a_foreign_folder_a_file_and_an_unmakeable_folder_before_wr
     with pytest.raises(SystemExit):  # a folder that cannot be made (also as root, unlike a chmod)
         demo_main(["--out", str(a_file / "demo")])
     assert "cannot write to --out" in capsys.readouterr().err and a_file.read_text() == "keep"
+
+
+def test_demo_may_rewrite_its_own_folder(tmp_path):
+    from sheap_lite.demo import check_out_dir
+
+    ours = tmp_path / "demo"
+    check_out_dir(ours)
+    (ours / "index.html").write_text("old report")
+    check_out_dir(ours)  # the marker written the first time lets `make demo` run again
+    legacy = tmp_path / "legacy"  # written before the marker existed: recognised by its report's title
+    legacy.mkdir()
+    (legacy / "index.html").write_text("<html><head><meta charset='utf-8'><title>sheap_lite demo</title></head>")
+    check_out_dir(legacy)
+    assert (legacy / ".sheap_lite_demo").is_file()
