@@ -43,14 +43,49 @@ def _poses(flame: FLAME) -> dict[str, dict[str, torch.Tensor]]:
     return cases
 
 
+MARKER = ".sheap_lite_demo"  # written into the output folder: the demo may rewrite a folder holding it
+_TITLE = "<title>sheap_lite demo</title>"
+
+
+def _written_by_demo(out_dir: Path) -> bool:
+    """The folder holds the marker, or (written before the marker existed) a demo report."""
+    report = out_dir / "index.html"
+    return (out_dir / MARKER).exists() or (report.is_file() and _TITLE in report.read_text(errors="replace")[:200])
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder the demo must not write to, before any work: a file, a folder holding files the
+    demo did not write (its index.html or meshes would be overwritten), or one that cannot be written.
+    Creates the folder and its marker file; raises ValueError naming the folder and the fix."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"demo: --out {out_dir} is a file, not a folder; give a new folder, e.g. --out runs/demo.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _written_by_demo(out_dir):
+        raise ValueError(f"demo: --out {out_dir} already holds files the demo did not write (it would overwrite "
+                         "index.html and meshes/ there); give a new or empty folder, e.g. --out runs/demo.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MARKER).write_text("written by python -m sheap_lite.demo; it may rewrite this folder\n")
+    except OSError as error:
+        raise ValueError(f"demo: cannot write to --out {out_dir} ({error.strerror or error}); give a writable "
+                         "folder, e.g. --out runs/demo.") from None
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` through a temporary file: the old file stays whole until the new one is complete."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_obj(path: Path, vertices: torch.Tensor, faces: torch.Tensor) -> None:
     """A mesh as Wavefront OBJ (vertices (V,3) metres, faces (F,3) 0-based), written atomically via trimesh."""
     import trimesh
 
     mesh = trimesh.Trimesh(vertices.detach().cpu().numpy(), faces.cpu().numpy(), process=False)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(trimesh.exchange.obj.export_obj(mesh, include_normals=False))
-    tmp.replace(path)
+    _write_text_atomic(path, trimesh.exchange.obj.export_obj(mesh, include_normals=False))
 
 
 def render_both(flame: FLAME, size: int = 128):
@@ -84,10 +119,10 @@ def render_both(flame: FLAME, size: int = 128):
 
 
 def run(out_dir: Path, flame_path: str | None = None) -> Path:
-    """Write the demo report and meshes to `out_dir`; returns the report's path."""
+    """Write the demo report and meshes to `out_dir` (checked first by `check_out_dir`); returns the report's path."""
     start = time.perf_counter()
+    check_out_dir(out_dir)
     flame = FLAME.load(flame_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meshes").mkdir(exist_ok=True)
     cases = _poses(flame)
     heads = []
@@ -119,12 +154,10 @@ def run(out_dir: Path, flame_path: str | None = None) -> Path:
     report = out_dir / "index.html"
     figures = (detail, grid, renders, strip)
     body = "\n".join(fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures))
-    tmp = report.with_suffix(".tmp")
-    tmp.write_text(f"<html><head><meta charset='utf-8'><title>sheap_lite demo</title></head><body>"
-                   f"<h1>sheap_lite demo</h1><p>Head model: {flame.name}. Drag to rotate; meshes in "
-                   f"<code>meshes/</code>; the synthetic clips in <code>synthetic/</code> (first clip, label "
-                   f"{clip.meta.get('label')!r}, at the bottom).</p>{body}</body></html>")
-    tmp.replace(report)
+    _write_text_atomic(report, f"<html><head><meta charset='utf-8'>{_TITLE}</head><body>"
+                       f"<h1>sheap_lite demo</h1><p>Head model: {flame.name}. Drag to rotate; meshes in "
+                       f"<code>meshes/</code>; the synthetic clips in <code>synthetic/</code> (first clip, label "
+                       f"{clip.meta.get('label')!r}, at the bottom).</p>{body}</body></html>")
     print(f"demo: finished in {time.perf_counter() - start:.1f} s → {report}")
     return report
 
@@ -134,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     parser.add_argument("--flame", default=None, help="FLAME .pkl (default: $SHEAP_FLAME_PATH, else built-in head)")
     args = parser.parse_args(argv)
+    try:
+        check_out_dir(args.out)
+    except ValueError as error:
+        parser.error(str(error))
     run(args.out, args.flame)
     return 0
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .geometry import (barycentric_interpolate, matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix,
-                       triangle_frames)
+from .geometry import (barycentric_interpolate, degenerate_faces, matrix_to_quaternion, quaternion_multiply,
+                       quaternion_to_matrix, triangle_frames)
 
 __all__ = ["SurfelBinding", "SurfelLocal", "Surfels", "bind_surfels", "rig_surfels", "sh_basis", "sh_irradiance",
            "shade", "sh_from_directional_light", "ambient_sh", "SH_BAND_WEIGHTS"]
@@ -29,6 +29,7 @@ __all__ = ["SurfelBinding", "SurfelLocal", "Surfels", "bind_surfels", "rig_surfe
 # R^2 low-discrepancy sequence (Roberts 2018): additive recurrence with the inverse powers of the plastic number.
 _PLASTIC = 1.32471795724474602596
 _R2 = (1.0 / _PLASTIC, 1.0 / _PLASTIC ** 2)
+_MIN_QUATERNION_NORM = 1e-12  # below it a local rotation is read as the identity (SurfelLocal.quaternion)
 _EDGE = 1e-4  # keeps sampled points strictly inside their triangle (every barycentric weight > 0)
 
 
@@ -109,6 +110,15 @@ def bind_surfels(vertices: torch.Tensor, faces: torch.Tensor, per_face: int | to
         raise ValueError(f"{fn}: `vertices` must be floating point, got {vertices.dtype}.")
     faces = _faces_of(faces, vertices.shape[0], fn)
     counts = _counts(per_face, faces.shape[0])
+    if not torch.isfinite(vertices).all():  # the binding is fixed once: a NaN here would reach every frame
+        rows = torch.nonzero(~torch.isfinite(vertices).all(-1))[:5, 0].tolist()
+        raise ValueError(f"{fn}: the rest `vertices` hold NaN/inf (vertices {rows}...); bind on a finite rest mesh.")
+    flat = degenerate_faces(vertices, faces) & (counts > 0).to(vertices.device)
+    if flat.any():
+        which = torch.nonzero(flat)[:5, 0].tolist()
+        raise ValueError(f"{fn}: {int(flat.sum())} triangles with surfels have zero area (faces {which}...), so "
+                         "their frame is undefined; give them no surfels (per_face as counts with 0 there, e.g. "
+                         "counts[degenerate_faces(vertices, faces)] = 0) or fix the mesh.")
     face_index = torch.repeat_interleave(torch.arange(faces.shape[0]), counts)
     n = face_index.shape[0]
     # rank of each surfel inside its triangle: 0..K-1
@@ -141,7 +151,7 @@ class SurfelLocal:
     """Per-surfel attributes in the triangle frame, as RAW tensors (what a network outputs) and activations.
 
     offset (B,N,3): added to the binding's local_position, in units of the triangle scale k (identity).
-    rotation (B,N,4): local rotation as a wxyz quaternion, normalised when used (must be nonzero);
+    rotation (B,N,4): local rotation as a wxyz quaternion, normalised when used (zero reads as the identity);
         (1,0,0,0) lays the surfel flat on its triangle.
     log_scale (B,N,2): the disc's two standard deviations in units of k, `scale` = exp(log_scale).
     opacity_logit (B,N): `opacity` = sigmoid.   albedo_logit (B,N,3): `albedo` = sigmoid, linear RGB in [0,1].
@@ -159,10 +169,15 @@ class SurfelLocal:
 
     @property
     def quaternion(self) -> torch.Tensor:
-        return self.rotation / self.rotation.norm(dim=-1, keepdim=True)
+        """rotation / |rotation| (B,N,4); a zero or tiny (norm <= 1e-12) rotation gives the identity (1,0,0,0) with
+        a zero gradient instead of NaN, so one collapsed surfel cannot poison a training step."""
+        norm = self.rotation.norm(dim=-1, keepdim=True)
+        safe = norm > _MIN_QUATERNION_NORM
+        unit = self.rotation / torch.where(safe, norm, torch.ones_like(norm))
+        return torch.where(safe, unit, unit.new_tensor([1.0, 0.0, 0.0, 0.0]))
 
-    def check(self, n_surfels: int) -> int:
-        """Validate the shapes against N surfels; returns the batch size B."""
+    def check(self, n_surfels: int, dtype: torch.dtype | None = None) -> int:
+        """Validate the shapes against N surfels (and the dtype, if given); returns the batch size B."""
         batch = self.offset.shape[0] if self.offset.dim() == 3 else -1
         for name, trailing in (("offset", (3,)), ("rotation", (4,)), ("log_scale", (2,)), ("opacity_logit", ()),
                                ("albedo_logit", (3,))):
@@ -173,6 +188,9 @@ class SurfelLocal:
                 raise ValueError(f"SurfelLocal.{name} must have shape (B, N={n_surfels}{dims}) with the same B for "
                                  f"every field, got {tuple(getattr(value, 'shape', ()))}; "
                                  "build it with SurfelLocal.initial(binding, batch) and add the network's output.")
+            if dtype is not None and value.dtype != dtype:
+                raise ValueError(f"SurfelLocal.{name} is {value.dtype} but the mesh is {dtype}; use one dtype "
+                                 "(SurfelLocal.initial(binding, batch, dtype=...)).")
         return batch
 
     @classmethod
@@ -183,9 +201,11 @@ class SurfelLocal:
         init_scale * k / sqrt(K_f) (K_f = surfels on that triangle, so a triangle's total coverage does not depend
         on K; 0.5 k is about half the triangle's size, enough for neighbouring discs to overlap), the given opacity,
         and albedo as a float, an RGB (3,) or per-surfel colours (N,3) in (0,1) (e.g. `binding.interpolate`)."""
-        if init_scale <= 0 or not 0 < init_opacity < 1:
-            raise ValueError(f"SurfelLocal.initial: need init_scale > 0 and 0 < init_opacity < 1, got {init_scale}, "
-                             f"{init_opacity}.")
+        if not 0 < init_scale < math.inf or not 0 < init_opacity < 1:  # written so that NaN fails too
+            raise ValueError(f"SurfelLocal.initial: need a finite init_scale > 0 and 0 < init_opacity < 1, got "
+                             f"{init_scale}, {init_opacity}.")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+            raise ValueError(f"SurfelLocal.initial: batch must be an int >= 0, got {batch!r}.")
         dtype = dtype or binding.local_position.dtype
         device = device or binding.local_position.device
         n = binding.n_surfels
@@ -196,6 +216,8 @@ class SurfelLocal:
         if colour.shape not in ((), (3,), (n, 3)):
             raise ValueError(f"SurfelLocal.initial: albedo must be a float, (3,) or (N={n}, 3), got "
                              f"{tuple(colour.shape)}.")
+        if not ((colour >= 0) & (colour <= 1)).all():  # also refuses NaN
+            raise ValueError("SurfelLocal.initial: albedo must lie in [0, 1] (linear RGB) and be finite.")
         rotation = like.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(batch, n, 4)
         return cls(offset=like[..., None].expand(batch, n, 3).clone(), rotation=rotation.clone(),
                    log_scale=log_scale.clone(), opacity_logit=like + _logit(like.new_tensor(init_opacity)),
@@ -227,12 +249,15 @@ def rig_surfels(vertices: torch.Tensor, faces: torch.Tensor, binding: SurfelBind
     if not isinstance(vertices, torch.Tensor) or vertices.dim() != 3 or vertices.shape[-1] != 3:
         raise ValueError(f"{fn}: `vertices` must be (B, V, 3), got {getattr(vertices, 'shape', type(vertices))}; "
                          "add a batch dim with vertices[None].")
+    if vertices.dtype != binding.local_position.dtype:
+        raise ValueError(f"{fn}: `vertices` are {vertices.dtype} but the binding is {binding.local_position.dtype}; "
+                         "use binding.to(vertices.dtype) (and SurfelLocal of that dtype).")
     faces = _faces_of(faces, vertices.shape[1], fn)
     if faces.shape[0] != binding.n_faces:
         raise ValueError(f"{fn}: the binding was made for {binding.n_faces} triangles but `faces` has "
                          f"{faces.shape[0]}; bind on the same mesh topology.")
-    b_local, b_mesh = local.check(binding.n_surfels), vertices.shape[0]
-    if b_local != b_mesh and 1 not in (b_local, b_mesh):
+    b_local, b_mesh = local.check(binding.n_surfels, vertices.dtype), vertices.shape[0]
+    if b_local != b_mesh and (1 not in (b_local, b_mesh) or 0 in (b_local, b_mesh)):
         raise ValueError(f"{fn}: SurfelLocal has batch {b_local} but vertices have batch {b_mesh}; make them equal "
                          "or one of them 1 (shared).")
     batch = max(b_local, b_mesh)
@@ -281,6 +306,8 @@ def sh_irradiance(normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
     if not isinstance(sh, torch.Tensor) or sh.dim() < 2 or sh.shape[-2] != 9:
         raise ValueError(f"sh_irradiance: `sh` must be (..., 9, C) (bands 0-2, C colour channels), got "
                          f"{getattr(sh, 'shape', type(sh))}; see ambient_sh / sh_from_directional_light.")
+    if not isinstance(normals, torch.Tensor):
+        raise ValueError(f"sh_irradiance: `normals` must be a tensor (..., 3), got {type(normals).__name__}.")
     lead_n, lead_s = normals.shape[:-1], sh.shape[:-2]
     if len(lead_s) > len(lead_n):
         raise ValueError(f"sh_irradiance: sh {tuple(sh.shape)} has more batch dims than normals "
@@ -298,8 +325,11 @@ def sh_irradiance(normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
 def shade(albedo: torch.Tensor, normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
     """Lambertian colour = albedo * E(n) / pi (outgoing radiance of a diffuse surface): albedo (B,N,3), unit
     normals (B,N,3), sh (B,9,3) or (9,3) -> (B,N,3). Uniform radiance L (ambient_sh(L)) gives albedo * L."""
-    if albedo.shape != normals.shape:
-        raise ValueError(f"shade: albedo {tuple(albedo.shape)} and normals {tuple(normals.shape)} must match (B,N,3).")
+    if not isinstance(albedo, torch.Tensor) or not isinstance(normals, torch.Tensor) or albedo.shape != normals.shape:
+        raise ValueError(f"shade: albedo {tuple(getattr(albedo, 'shape', ()))} and normals "
+                         f"{tuple(getattr(normals, 'shape', ()))} must be tensors of one shape (B,N,3).")
+    if sh.shape[-1:] != albedo.shape[-1:]:
+        raise ValueError(f"shade: sh {tuple(sh.shape)} must have {albedo.shape[-1]} colour channels like albedo.")
     return albedo * sh_irradiance(normals, sh) / math.pi
 
 
@@ -314,10 +344,13 @@ def sh_from_directional_light(direction: torch.Tensor, intensity: float | torch.
         raise ValueError(f"sh_from_directional_light: `direction` must be a float (..., 3), got "
                          f"{tuple(direction.shape)}.")
     norm = direction.norm(dim=-1, keepdim=True)
-    if (norm == 0).any():
-        raise ValueError("sh_from_directional_light: `direction` must be nonzero.")
+    if not (torch.isfinite(direction).all() and (norm > 0).all()):  # one bad light would grey out a whole image
+        raise ValueError("sh_from_directional_light: `direction` must be finite and nonzero.")
     colour = torch.as_tensor(intensity, dtype=direction.dtype, device=direction.device)
     colour = colour[..., None] if colour.dim() == 0 else colour
+    if colour.shape[-1] not in (1, 3) or not torch.isfinite(colour).all():
+        raise ValueError(f"sh_from_directional_light: `intensity` must be finite, a float or per-channel (..., 3), "
+                         f"got shape {tuple(colour.shape)}.")
     return sh_basis(direction / norm)[..., None] * colour[..., None, :].expand(*colour.shape[:-1], 1, 3)
 
 
@@ -325,6 +358,9 @@ def ambient_sh(level: float | torch.Tensor = 1.0, dtype: torch.dtype = torch.flo
                device: torch.device | str | None = None) -> torch.Tensor:
     """Uniform radiance `level` from every direction (a float or per-channel (3,)) -> sh (9,3): only
     L00 = level * 2 sqrt(pi) is nonzero, so E = pi * level for every normal and shade() gives albedo * level."""
+    level = torch.as_tensor(level, dtype=dtype, device=device)
+    if level.shape not in ((), (1,), (3,)) or not torch.isfinite(level).all():
+        raise ValueError(f"ambient_sh: `level` must be a finite float or per-channel (3,), got {level.tolist()}.")
     sh = torch.zeros(9, 3, dtype=dtype, device=device)
-    sh[0] = torch.as_tensor(level, dtype=dtype, device=device) * 2.0 * math.sqrt(math.pi)
+    sh[0] = level * 2.0 * math.sqrt(math.pi)
     return sh
