@@ -123,10 +123,11 @@ def frame_maps(flame, vertices: "torch.Tensor", rest_vertices: "torch.Tensor", s
     return maps, rendered
 
 
-def render_frames(n: int, size: int = 224, seed: int = 0, supersample: int = 2, distance: float = 1.4) -> dict:
+def render_frames(n: int, size: int = 224, seed: int = 0, supersample: int = 2, distance: float = 1.4,
+                  flame=None) -> dict:
     """n frames (one identity each) of the built-in head with the per-pixel look: random identity, 0–3 facial
     actions, jaw opening, yaw in ±45°, pitch in ±15°; the camera `distance` metres away frames the face about as
-    `prepare_clip`'s crops do (the face mesh spans half the frame). → dict(frames (n,S,S,3) uint8, landmarks (n,68,2) projected,
+    `prepare_clip`'s crops do (the face mesh spans half the frame). flame: None = `FLAME.builtin()`. → dict(frames (n,S,S,3) uint8, landmarks (n,68,2) projected,
     jaw 0–16 from `contour_landmarks`, visible (n,68) bool, yaw (n,) degrees)."""
     import torch
 
@@ -138,7 +139,7 @@ def render_frames(n: int, size: int = 224, seed: int = 0, supersample: int = 2, 
     from sheap_lite.flame import FLAME
 
     torch.set_num_threads(1)
-    flame = FLAME.builtin()
+    flame = FLAME.builtin() if flame is None else flame
     parts = {"frames": [], "landmarks": [], "visible": [], "yaw": []}
     for i in range(n):
         rng = _rng(seed, 9, i)
