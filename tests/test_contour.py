@@ -5,8 +5,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from sheap_lite.camera import intrinsics, look_at_viewmat, project
+from sheap_lite.camera import intrinsics, look_at_viewmat, project, project_with_depth
 from sheap_lite.contour import contour_landmarks
+from sheap_lite.data.synthetic import landmark_visibility
 from sheap_lite.flame import FLAME
 from sheap_lite.render.mesh import render_mesh
 
@@ -61,6 +62,21 @@ def test_small_pose_changes_move_it_little_in_the_image(head):
     contour = torch.cat([contour_landmarks(head, posed(head, float(y), 5.0), viewmat)[:, :17] for y in yaws])
     steps = (project(contour, viewmat, K)[1:] - project(contour, viewmat, K)[:-1]).norm(dim=-1)
     assert steps.max() < 1.5, f"a 1° turn moves a contour point by {steps.max():.2f} px"
+
+
+@pytest.mark.parametrize("yaw", [-30.0, 30.0])
+@pytest.mark.parametrize("pitch", [-10.0, 0.0, 10.0])
+def test_chin_is_visible_when_turned(head, yaw, pitch):
+    """A detector sees the chin (8) and its neighbours whenever the face is turned ≤ 30°: they may not sit on the
+    underside sloping back to the neck, hidden behind the chin's front (tolerance 1 cm as the synthetic data)."""
+    viewmat, K = camera()
+    vertices = posed(head, yaw, pitch)
+    rendered = render_mesh(vertices, head.faces, viewmat, K, SIZE, SIZE, mode="hard")
+    pixels, depth = project_with_depth(contour_landmarks(head, vertices, viewmat), viewmat, K)
+    visible = landmark_visibility(pixels, depth, rendered.depth, rendered.alpha)
+    assert visible[0, 7:10].all(), f"chin points hidden: {visible[0, 7:10].tolist()}"
+    rest = head().landmarks[0]
+    assert rest[8, 2] > rest[57, 2] - 0.03, "the chin lies on the chin's front, not 5 cm behind the lower lip"
 
 
 def test_rejects_vertices_of_another_head(head):
