@@ -81,12 +81,12 @@ def _check_finite(surfels: dict[str, torch.Tensor], others: dict[str, torch.Tens
     A non-finite surfel is refused rather than drawn: its NaNs would reach the gradients of every surfel it
     is composited with. One device sync for the whole check.
     """
-    b, n = surfels["means"].shape[:2]
-    bad = torch.stack([~torch.isfinite(v).reshape(b, n, -1).all(-1) for v in surfels.values()])  # (5,B,N)
-    bad_other = [name for name, v in others.items() if v is not None and not bool(torch.isfinite(v).all())]
-    if bad_other:
-        raise ValueError(f"render_2dgs: '{bad_other[0]}' holds NaN or inf")
-    if bool(bad.any()):
+    bad = torch.stack([~torch.isfinite(v if v.ndim == 3 else v[..., None]).all(-1) for v in surfels.values()])  # (5,B,N)
+    present = {name: v for name, v in others.items() if v is not None}
+    flags = torch.stack([bad.any(), *(~torch.isfinite(v).all() for v in present.values())]).tolist()
+    if any(flags[1:]):
+        raise ValueError(f"render_2dgs: '{list(present)[flags[1:].index(True)]}' holds NaN or inf")
+    if flags[0]:
         field, batch, index = (int(i) for i in torch.nonzero(bad)[0])
         count = int(bad.any(0).sum())
         raise ValueError(f"render_2dgs: '{SURFEL_INPUTS[field]}' of batch {batch}, surfel {index} is NaN or inf "

@@ -118,7 +118,7 @@ def _round(pixels, state, attrs, ids):
 
 
 def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tensor, width: int, height: int,
-              tile_size: int = 16, chunk: int = 32, tile_batch: int = 64,
+              tile_size: int = 16, chunk: int = 32, tile_batch: int = 256,
               checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """Composite projected surfels: opacities (B,N), colors (B,N,C) → per-pixel maps (B,H,W,·).
 
