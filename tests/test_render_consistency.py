@@ -61,13 +61,14 @@ def test_batch_elements_are_independent():
         assert torch.equal(one.radii[0], full.radii[b])
 
 
-@pytest.mark.parametrize("tile_size, chunk", [(16, 32), (8, 5)])
-def test_checkpointing_and_tiling_change_neither_images_nor_gradients(tile_size, chunk):
-    """Checkpointed rounds are recomputed in the backward pass; they must see the same tiles and surfels."""
+@pytest.mark.parametrize("tile_size, chunk, tile_batch", [(16, 32, 256), (8, 5, 1), (8, 5, 3)])
+def test_checkpointing_and_tiling_change_neither_images_nor_gradients(tile_size, chunk, tile_batch):
+    """Checkpointed rounds are recomputed in the backward pass; they must see the same tiles and surfels.
+    Rounds split into batches of `tile_batch` tiles composite exactly as whole rounds."""
     s = make_scene(**SCENES["mixed"])
     render = _renderer()
     grads, images = [], []
-    for options in ({}, {"checkpoint": True, "tile_size": tile_size, "chunk": chunk}):
+    for options in ({}, {"checkpoint": True, "tile_size": tile_size, "chunk": chunk, "tile_batch": tile_batch}):
         args = {k: (v.detach().clone().requires_grad_() if torch.is_tensor(v) and v.is_floating_point() else v)
                 for k, v in render_args(s).items()}
         out = render(**args, backend="torch", **options)
@@ -206,6 +207,22 @@ def test_gsplat_backend_matches_torch_backend_on_large_surfels():
         _compare_loosely(a, b, f"[gsplat vs torch, seed {seed}] ")
         torch.testing.assert_close(a.means2d, b.means2d, rtol=1e-5, atol=1e-3)
         assert (a.radii.long() - b.radii.long()).abs().max() <= 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("batch", [1, 2])
+def test_gsplat_normal_from_depth_is_the_torch_derivation_of_its_depth(batch):
+    """gsplat's render_normals_from_depth equals `normal_from_depth` of gsplat's own expected depth (so both
+    backends derive it alike), with shape (B,3,H,W) also for a batch of 1 (which gsplat squeezes)."""
+    from sheap_lite.render import normal_from_depth
+
+    s = _to(render_args(_big_surfel_scene(33)), "cuda", torch.float32)
+    s = {k: (v[:batch] if torch.is_tensor(v) else v) for k, v in s.items()}
+    out = _renderer()(**s, backend="gsplat")
+    assert out.normal_from_depth.shape == out.normal.shape
+    torch.testing.assert_close(out.normal_from_depth, normal_from_depth(out.depth, s["viewmats"], s["Ks"]),
+                               rtol=0, atol=1e-4)
 
 
 def test_big_surfel_scene_is_what_the_cuda_test_assumes():

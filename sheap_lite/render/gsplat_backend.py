@@ -3,6 +3,7 @@
 gsplat takes 3 scales per surfel; its CUDA projection ignores the third (the disc is 2D), so it is set to 1.
 It bins surfels by its own radius (ceil(3.33·extent)), which can cut the screen-space low-pass footprint of
 surfels smaller than ~1 pixel near tile borders: there the torch backend, which never cuts it, may differ.
+`normal_from_depth` is gsplat's `render_normals_from_depth` (its `depth_to_normal` of the expected depth).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def render_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, 
     from . import RenderOutput
 
     scales3 = torch.cat([scales, torch.ones_like(scales[..., :1])], dim=-1)
-    colors_out, alphas, normals, _, distort, median, meta = rasterization_2dgs(
+    colors_out, alphas, normals, depth_normals, distort, median, meta = rasterization_2dgs(
         means, quats, scales3, opacities, colors, viewmats[:, None], Ks[:, None], int(width), int(height),
         backgrounds=None if backgrounds is None else backgrounds[:, None], render_mode="RGB+ED", distloss=True)
     first = lambda t: t[:, 0].permute(0, 3, 1, 2)  # noqa: E731  (B,1,H,W,X) → (B,X,H,W)
+    batch = means.shape[0]
+    depth_normals = depth_normals.reshape(batch, 1, int(height), int(width), 3)  # gsplat squeezes a batch of 1
     return RenderOutput(rgb=first(colors_out[..., :-1]), alpha=first(alphas), depth=first(colors_out[..., -1:]),
                         depth_median=first(median), normal=first(normals), distortion=first(distort),
-                        means2d=meta["means2d"][:, 0], radii=meta["radii"][:, 0])
+                        means2d=meta["means2d"][:, 0], radii=meta["radii"][:, 0],
+                        normal_from_depth=first(depth_normals))

@@ -9,9 +9,12 @@ kernels do the same work one pixel per thread; here work is vectorised over tile
    the tile's pixels at once, a tensor (tiles, 256, chunk). Compositing inside a round uses cumulative
    products of (1 − α); transmittance, colour, normal, depth, distortion and median depth carry over between
    rounds. A tile leaves the loop when all its pixels are done (T would fall to ≤ 1e-4) or its list ends, so
-   the cost follows the visible depth complexity, not the number of surfels, and memory stays bounded.
+   the cost follows the visible depth complexity, not the number of surfels. Only tiles that hold a surfel
+   get per-pixel state (the rest are filled directly when the image is assembled), and a round evaluates at
+   most `tile_batch` tiles at once, so the transient memory of a round is bounded whatever the image size.
 3. Gradients come from autograd; `checkpoint=True` recomputes each round in the backward pass instead of
-   storing it (less memory, ~1.3× the time).
+   storing it (less memory, ~1.3× the time): then the memory kept for the backward pass is a few values per
+   pixel of occupied tiles and round, and the recomputation holds one tile batch at a time.
 
 Per pixel p = (x+½, y+½) and surfel with ray transform rows (u, v, w): the ray–splat intersection in disc
 coordinates is c = (p_x·w − u) × (p_y·w − v) = p_x·(v×w) + p_y·(w×u) + u×v, s = c_xy / c_z, and
@@ -27,12 +30,23 @@ from .projection import ALPHA_THRESHOLD, Projected, support_box, tile_count
 
 TRANSMITTANCE_MIN = 1e-4
 ALPHA_MAX = 0.999
+OPTIONS = ("tile_size", "chunk", "tile_batch", "checkpoint")
+
+
+def check_options(tile_size, chunk, tile_batch, checkpoint) -> None:
+    """ValueError unless the sizes are positive ints and `checkpoint` a bool."""
+    for name, value in (("tile_size", tile_size), ("chunk", chunk), ("tile_batch", tile_batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"render_2dgs: {name} must be a positive int, got {value!r}")
+    if not isinstance(checkpoint, bool):
+        raise ValueError(f"render_2dgs: checkpoint must be True or False, got {checkpoint!r}")
 
 
 def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int, tile_size: int):
-    """Front-to-back surfel lists per tile: (table (n_tiles, L) int64 with -1 padding, counts (n_tiles,)).
+    """Front-to-back surfel lists per tile: (table (n_tiles, L) int64, counts (n_tiles,)), or (None, None).
 
-    Tiles are numbered b·(ty·tx) + row·tx + col; surfel ids are flat b·N + n.
+    Tiles are numbered b·(ty·tx) + row·tx + col; surfel ids are flat b·N + n; the padding after a tile's list
+    is the id B·N, a harmless surfel appended by `rasterize` (so that no real surfel is read there).
     """
     batch, n = projected.depths.shape
     tiles_x, tiles_y = tile_count(width, tile_size), tile_count(height, tile_size)
@@ -59,17 +73,18 @@ def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: in
     n_tiles = batch * tiles_x * tiles_y
     counts = torch.bincount(tile, minlength=n_tiles)
     position = torch.arange(tile.numel(), device=tile.device) - (torch.cumsum(counts, 0) - counts)[tile]
-    table = torch.full((n_tiles, int(counts.max())), -1, dtype=torch.long, device=tile.device)
+    table = torch.full((n_tiles, int(counts.max())), batch * n, dtype=torch.long, device=tile.device)
     table[tile, position] = surfel
     return table, counts
 
 
 def _round(pixels, state, attrs, ids):
-    """Composite one group of surfels (tiles a, pixels P, chunk K) onto the running per-pixel state."""
+    """Composite one group of surfels (tiles a, pixels P, chunk K) onto the running per-pixel state.
+
+    Padding ids read the appended zero-opacity surfel, whose α is 0: it is skipped like any faint surfel.
+    """
     transmittance, depth_sum, done = state
-    ok = ids >= 0
-    safe = ids.clamp_min(0)
-    planes, centre, opacity, depth, color, normal = (a[safe] for a in attrs)  # planes (a,K,3,3): v×w, w×u, u×v
+    planes, centre, opacity, depth, color, normal = (a[ids] for a in attrs)  # planes (a,K,3,3): v×w, w×u, u×v
     px, py = pixels[..., 0, None, None], pixels[..., 1, None, None]  # (a,P,1,1)
     cross = px * planes[:, None, :, 0] + py * planes[:, None, :, 1] + planes[:, None, :, 2]  # (a,P,K,3)
     cz = cross[..., 2]
@@ -81,7 +96,7 @@ def _round(pixels, state, attrs, ids):
     rho2d = 2.0 * (delta * delta).sum(-1)
     sigma = 0.5 * torch.minimum(rho3d, rho2d)
     alpha = torch.clamp_max(opacity[:, None] * torch.exp(-sigma), ALPHA_MAX)
-    keep = ok[:, None] & nonzero & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & ~done[..., None]
+    keep = nonzero & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & ~done[..., None]
     alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
 
     one_minus = 1.0 - alpha
@@ -103,68 +118,81 @@ def _round(pixels, state, attrs, ids):
 
 
 def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tensor, width: int, height: int,
-              tile_size: int = 16, chunk: int = 32, checkpoint: bool = False) -> dict[str, torch.Tensor]:
+              tile_size: int = 16, chunk: int = 32, tile_batch: int = 256,
+              checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """Composite projected surfels: opacities (B,N), colors (B,N,C) → per-pixel maps (B,H,W,·).
 
     Returns rgb (B,H,W,C) without background, transmittance (B,H,W), normal (B,H,W,3) camera frame, depth_sum
-    (B,H,W) = Σ w·z, distortion (B,H,W), median (B,H,W) (0 where no surfel passed T > ½).
+    (B,H,W) = Σ w·z, distortion (B,H,W), median (B,H,W) (0 where no surfel passed T > ½). `tile_batch` tiles
+    at most are evaluated at once. With no surfel in any tile the maps are empty (T = 1) yet differentiable:
+    every input gets a zero gradient.
     """
+    check_options(tile_size, chunk, tile_batch, checkpoint)
     batch, n, channels = colors.shape
     tiles_x, tiles_y = tile_count(width, tile_size), tile_count(height, tile_size)
     n_tiles, pix = batch * tiles_x * tiles_y, tile_size * tile_size
-    like = colors.new_zeros(())
     table, counts = _bin(projected, support_box(projected, opacities, width, height), width, height, tile_size)
+    if table is None:
+        table = torch.empty(0, 0, dtype=torch.long, device=colors.device)
+        counts = torch.zeros(0, dtype=torch.long, device=colors.device)
+        occupied = counts
+    else:
+        occupied = torch.nonzero(counts > 0)[:, 0]  # only these tiles get per-pixel state
+        table, counts = table[occupied], counts[occupied]
 
     offset = torch.arange(pix, device=colors.device)
-    tile_ids = torch.arange(n_tiles, device=colors.device) % (tiles_x * tiles_y)
+    tile_ids = occupied % (tiles_x * tiles_y)
     x = (tile_ids % tiles_x)[:, None] * tile_size + offset % tile_size
     y = (tile_ids // tiles_x)[:, None] * tile_size + offset // tile_size
-    pixels = torch.stack([x, y], dim=-1).to(colors.dtype) + 0.5  # (n_tiles, P, 2)
-    outside = (x >= width) | (y >= height)
+    pixels = torch.stack([x, y], dim=-1).to(colors.dtype) + 0.5  # (tiles, P, 2)
 
-    transmittance = like.new_ones(n_tiles, pix)
-    depth_sum = like.new_zeros(n_tiles, pix)
-    done = outside.clone()
-    median = like.new_zeros(n_tiles, pix)
+    like = colors.new_zeros(())
+    transmittance = like.new_ones(len(occupied), pix)
+    depth_sum = like.new_zeros(len(occupied), pix)
+    done = (x >= width) | (y >= height)
+    median = like.new_zeros(len(occupied), pix)
     rounds = []  # (active tiles, rgb, normal, distortion) of each round, summed once after the loop
-    if table is not None:
-        rows = projected.ray_transforms.reshape(-1, 3, 3)
-        u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
-        planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
-                              torch.linalg.cross(u_m, v_m)], dim=1)  # per surfel, once (not per tile and round)
-        attrs = (planes, projected.means2d.reshape(-1, 2),
-                 opacities.reshape(-1), projected.depths.reshape(-1), colors.reshape(-1, channels),
-                 projected.normals.reshape(-1, 3))
-        for start in range(0, table.shape[1], chunk):
-            active = torch.nonzero((counts > start) & ~done.all(-1))[:, 0]
-            if active.numel() == 0:
-                break
-            state = (transmittance[active], depth_sum[active], done[active])
-            ids = table[active, start:start + chunk]
-            args = (pixels[active], ids, *state, *attrs)  # passed, not closed over: a checkpoint re-runs later
+    rows = projected.ray_transforms.reshape(-1, 3, 3)
+    u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
+    planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
+                          torch.linalg.cross(u_m, v_m)], dim=1)  # per surfel, once (not per tile and round)
+    per_surfel = (planes, projected.means2d.reshape(-1, 2), opacities.reshape(-1), projected.depths.reshape(-1),
+                  colors.reshape(-1, channels), projected.normals.reshape(-1, 3))
+    attrs = tuple(torch.cat([a, a.new_zeros(1, *a.shape[1:])]) for a in per_surfel)  # + the padding surfel
+    for start in range(0, table.shape[1], chunk):
+        active = torch.nonzero((counts > start) & ~done.all(-1))[:, 0]
+        if active.numel() == 0:
+            break
+        parts = []
+        for part in active.split(tile_batch):
+            state = (transmittance[part], depth_sum[part], done[part])
+            args = (pixels[part], table[part, start:start + chunk], *state, *attrs)  # a checkpoint re-runs later
             run = lambda p, i, *a: _round(p, a[:3], a[3:], i)  # noqa: E731
-            out = torch_checkpoint(run, *args, use_reentrant=False) if checkpoint else run(*args)
-            new_t, new_sum, new_done, d_rgb, d_normal, d_dist, d_median = out
-            transmittance = transmittance.index_copy(0, active, new_t)
-            depth_sum = depth_sum.index_copy(0, active, new_sum)
-            done = done.index_copy(0, active, new_done)
-            rounds.append((active, d_rgb, d_normal, d_dist))
-            median = median.index_copy(0, active, torch.where(torch.isnan(d_median), median[active], d_median))
+            parts.append(torch_checkpoint(run, *args, use_reentrant=False) if checkpoint else run(*args))
+        new_t, new_sum, new_done, d_rgb, d_normal, d_dist, d_median = (
+            torch.cat(outputs) if len(parts) > 1 else outputs[0] for outputs in zip(*parts))
+        transmittance = transmittance.index_copy(0, active, new_t)
+        depth_sum = depth_sum.index_copy(0, active, new_sum)
+        done = done.index_copy(0, active, new_done)
+        rounds.append((active, d_rgb, d_normal, d_dist))
+        median = median.index_copy(0, active, torch.where(torch.isnan(d_median), median[active], d_median))
+    if not rounds:  # nothing drawn: tie the empty maps to the inputs so that a loss can still call backward()
+        like = like + 0.0 * (colors.sum() + opacities.sum() + projected.ray_transforms.sum())
 
     def summed(k: int, shape: tuple) -> torch.Tensor:
-        total = like.new_zeros(n_tiles, pix, *shape)
+        total = like.new_zeros(len(occupied), pix, *shape)
         if not rounds:
             return total
         return total.index_add(0, torch.cat([r[0] for r in rounds]), torch.cat([r[k] for r in rounds]))
 
-    rgb, normal, distortion = summed(1, (channels,)), summed(2, (3,)), summed(3, ())
-
-    def image(values: torch.Tensor) -> torch.Tensor:
-        """(n_tiles, P, ...) → (B, H, W, ...)"""
+    def image(values: torch.Tensor, empty: float = 0.0) -> torch.Tensor:
+        """(occupied tiles, P, ...) → (B, H, W, ...), tiles without surfels set to `empty`."""
         extra = values.shape[2:]
-        grid = values.reshape(batch, tiles_y, tiles_x, tile_size, tile_size, *extra)
+        grid = (like + empty).expand(n_tiles, pix, *extra).index_copy(0, occupied, values)
+        grid = grid.reshape(batch, tiles_y, tiles_x, tile_size, tile_size, *extra)
         grid = grid.movedim(3, 2).reshape(batch, tiles_y * tile_size, tiles_x * tile_size, *extra)
         return grid[:, :height, :width]
 
-    return {"rgb": image(rgb), "transmittance": image(transmittance), "normal": image(normal),
+    rgb, normal, distortion = summed(1, (channels,)), summed(2, (3,)), summed(3, ())
+    return {"rgb": image(rgb), "transmittance": image(transmittance, 1.0), "normal": image(normal),
             "depth_sum": image(depth_sum), "distortion": image(distortion), "median": image(median)}
