@@ -114,3 +114,40 @@ def test_normal_from_depth_of_a_fronto_parallel_plane_faces_the_camera():
     border = torch.ones(17, 17, dtype=torch.bool)
     border[1:-1, 1:-1] = False
     assert torch.equal(out.normal_from_depth[0][:, border], torch.zeros(3, int(border.sum()), dtype=D))
+
+
+def _saved_bytes_per_pixel(args, **options) -> float:
+    """Bytes autograd keeps for the backward pass (every saved tensor, counted when saved), per image pixel."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _renderer()(**_grad_args(args), backend="torch", **options)
+    return total / (args["width"] * args["height"])
+
+
+def _deep_stack(n):
+    args = _opaque_stack(n=n, opacity=0.05, size=96)  # faint: no pixel terminates, every surfel is evaluated
+    args["scales"] = args["scales"] * 100  # each covers the whole image
+    return args
+
+
+def test_checkpointed_training_memory_does_not_grow_with_depth_complexity(monkeypatch):
+    """checkpoint=True keeps one tile batch's inputs and final maps, not every round (it used to keep a few values
+    per pixel and round: 2048² with 50 surfels took 5.9 GB); the default (None) turns it on for large images."""
+    import sheap_lite.render.rasterize as rasterize
+
+    shallow, deep = _deep_stack(8), _deep_stack(256)  # 1 round of 32 surfels vs 8 rounds
+    kept = {n: _saved_bytes_per_pixel(a, checkpoint=True) for n, a in ((8, shallow), (256, deep))}
+    stored = {n: _saved_bytes_per_pixel(a, checkpoint=False) for n, a in ((8, shallow), (256, deep))}
+    assert stored[256] > 4 * stored[8], "the measure sees autograd's per-round storage"
+    # what remains grows with the number of surfels (projection, binning), not with pixels × rounds
+    assert kept[256] < 1.5 * kept[8], kept
+    monkeypatch.setattr(rasterize, "AUTO_CHECKPOINT_PIXELS", 0)
+    assert _saved_bytes_per_pixel(deep) == kept[256]
+    monkeypatch.setattr(rasterize, "AUTO_CHECKPOINT_PIXELS", 10 ** 9)
+    assert _saved_bytes_per_pixel(deep) == stored[256]

@@ -5,16 +5,18 @@ kernels do the same work one pixel per thread; here work is vectorised over tile
 
 1. Binning: every surfel is paired with the 16×16 tiles its support box touches; pairs are sorted by
    (tile, centre depth), giving each tile a front-to-back list of surfels.
-2. Rounds: round r evaluates the r-th group of `chunk` surfels of every still-active tile against all of
-   the tile's pixels at once, a tensor (tiles, 256, chunk). Compositing inside a round uses cumulative
-   products of (1 − α); transmittance, colour, normal, depth, distortion and median depth carry over between
-   rounds. A tile leaves the loop when all its pixels are done (T would fall to ≤ 1e-4) or its list ends, so
-   the cost follows the visible depth complexity, not the number of surfels. Only tiles that hold a surfel
-   get per-pixel state (the rest are filled directly when the image is assembled), and a round evaluates at
-   most `tile_batch` tiles at once, so the transient memory of a round is bounded whatever the image size.
-3. Gradients come from autograd; `checkpoint=True` recomputes each round in the backward pass instead of
-   storing it (less memory, ~1.3× the time): then the memory kept for the backward pass is a few values per
-   pixel of occupied tiles and round, and the recomputation holds one tile batch at a time.
+2. Rounds, tile batch by tile batch: the tiles that hold a surfel are taken `tile_batch` at a time; for one
+   batch, round r evaluates the r-th group of `chunk` surfels of every still-active tile against all of the
+   tile's pixels at once, a tensor (tiles, 256, chunk). Compositing inside a round uses cumulative products of
+   (1 − α); transmittance, colour, normal, depth, distortion and median depth carry over between rounds. A tile
+   leaves the loop when all its pixels are done (T would fall to ≤ 1e-4) or its list ends, so the cost follows
+   the visible depth complexity, not the number of surfels. Tiles without surfels get no per-pixel state (they
+   are filled directly when the image is assembled).
+3. Gradients come from autograd. `checkpoint=True` runs each tile batch (all its rounds) under one
+   `torch.utils.checkpoint`: the backward pass keeps only the batch's inputs and final per-pixel maps and
+   recomputes one batch at a time, so training memory is bounded by `tile_batch`, not by the image size or the
+   depth complexity (~1.3–1.5× the time). `checkpoint=None` (the default) turns it on when gradients are needed
+   and more than `AUTO_CHECKPOINT_PIXELS` pixels lie in occupied tiles.
 
 Per pixel p = (x+½, y+½) and surfel with ray transform rows (u, v, w): the ray–splat intersection in disc
 coordinates is c = (p_x·w − u) × (p_y·w − v) = p_x·(v×w) + p_y·(w×u) + u×v, s = c_xy / c_z, and
@@ -31,15 +33,16 @@ from .projection import ALPHA_THRESHOLD, Projected, support_box, tile_count
 TRANSMITTANCE_MIN = 1e-4
 ALPHA_MAX = 0.999
 OPTIONS = ("tile_size", "chunk", "tile_batch", "checkpoint")
+AUTO_CHECKPOINT_PIXELS = 512 * 512  # checkpoint=None: recompute in the backward pass above this many pixels
 
 
 def check_options(tile_size, chunk, tile_batch, checkpoint) -> None:
-    """ValueError unless the sizes are positive ints and `checkpoint` a bool."""
+    """ValueError unless the sizes are positive ints and `checkpoint` a bool or None (automatic)."""
     for name, value in (("tile_size", tile_size), ("chunk", chunk), ("tile_batch", tile_batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"render_2dgs: {name} must be a positive int, got {value!r}")
-    if not isinstance(checkpoint, bool):
-        raise ValueError(f"render_2dgs: checkpoint must be True or False, got {checkpoint!r}")
+    if checkpoint is not None and not isinstance(checkpoint, bool):
+        raise ValueError(f"render_2dgs: checkpoint must be True, False or None (automatic), got {checkpoint!r}")
 
 
 def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int, tile_size: int):
@@ -117,9 +120,35 @@ def _round(pixels, state, attrs, ids):
             median)
 
 
+def _tiles(pixels, table, counts, done, attrs, chunk: int):
+    """All rounds of one batch of tiles (a tiles, P pixels): the tile's surfels `chunk` at a time, front to back,
+    until every pixel is done or the list ends. Returns the final per-pixel (transmittance, depth_sum, median,
+    rgb, normal, distortion), each (a,P,...); one call is one checkpoint, so recomputation holds one batch."""
+    pix, channels = pixels.shape[1], attrs[4].shape[-1]
+    like = attrs[0].new_zeros(())
+    transmittance, depth_sum, median = like.new_ones(len(table), pix), like.new_zeros(len(table), pix), \
+        like.new_zeros(len(table), pix)
+    rgb, normal = like.new_zeros(len(table), pix, channels), like.new_zeros(len(table), pix, 3)
+    distortion = like.new_zeros(len(table), pix)
+    for start in range(0, table.shape[1], chunk):
+        active = torch.nonzero((counts > start) & ~done.all(-1))[:, 0]
+        if active.numel() == 0:
+            break
+        state = (transmittance[active], depth_sum[active], done[active])
+        new_t, new_sum, new_done, d_rgb, d_normal, d_dist, d_median = _round(
+            pixels[active], state, attrs, table[active, start:start + chunk])
+        transmittance = transmittance.index_copy(0, active, new_t)
+        depth_sum = depth_sum.index_copy(0, active, new_sum)
+        done = done.index_copy(0, active, new_done)
+        rgb, normal = rgb.index_add(0, active, d_rgb), normal.index_add(0, active, d_normal)
+        distortion = distortion.index_add(0, active, d_dist)
+        median = median.index_copy(0, active, torch.where(torch.isnan(d_median), median[active], d_median))
+    return transmittance, depth_sum, median, rgb, normal, distortion
+
+
 def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tensor, width: int, height: int,
               tile_size: int = 16, chunk: int = 32, tile_batch: int = 256,
-              checkpoint: bool = False) -> dict[str, torch.Tensor]:
+              checkpoint: bool | None = None) -> dict[str, torch.Tensor]:
     """Composite projected surfels: opacities (B,N), colors (B,N,C) → per-pixel maps (B,H,W,·).
 
     Returns rgb (B,H,W,C) without background, transmittance (B,H,W), normal (B,H,W,3) camera frame, depth_sum
@@ -147,11 +176,7 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
     pixels = torch.stack([x, y], dim=-1).to(colors.dtype) + 0.5  # (tiles, P, 2)
 
     like = colors.new_zeros(())
-    transmittance = like.new_ones(len(occupied), pix)
-    depth_sum = like.new_zeros(len(occupied), pix)
     done = (x >= width) | (y >= height)
-    median = like.new_zeros(len(occupied), pix)
-    rounds = []  # (active tiles, rgb, normal, distortion) of each round, summed once after the loop
     rows = projected.ray_transforms.reshape(-1, 3, 3)
     u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
     planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
@@ -159,31 +184,21 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
     per_surfel = (planes, projected.means2d.reshape(-1, 2), opacities.reshape(-1), projected.depths.reshape(-1),
                   colors.reshape(-1, channels), projected.normals.reshape(-1, 3))
     attrs = tuple(torch.cat([a, a.new_zeros(1, *a.shape[1:])]) for a in per_surfel)  # + the padding surfel
-    for start in range(0, table.shape[1], chunk):
-        active = torch.nonzero((counts > start) & ~done.all(-1))[:, 0]
-        if active.numel() == 0:
-            break
-        parts = []
-        for part in active.split(tile_batch):
-            state = (transmittance[part], depth_sum[part], done[part])
-            args = (pixels[part], table[part, start:start + chunk], *state, *attrs)  # a checkpoint re-runs later
-            run = lambda p, i, *a: _round(p, a[:3], a[3:], i)  # noqa: E731
-            parts.append(torch_checkpoint(run, *args, use_reentrant=False) if checkpoint else run(*args))
-        new_t, new_sum, new_done, d_rgb, d_normal, d_dist, d_median = (
+    if checkpoint is None:
+        needs_grad = torch.is_grad_enabled() and any(a.requires_grad for a in attrs)
+        checkpoint = needs_grad and len(occupied) * pix > AUTO_CHECKPOINT_PIXELS
+    parts = []
+    for part in torch.arange(len(occupied), device=colors.device).split(tile_batch) if len(occupied) else ():
+        args = (pixels[part], table[part], counts[part], done[part], *attrs)  # a checkpoint re-runs later
+        run = lambda p, t, c, d, *a: _tiles(p, t, c, d, a, chunk)  # noqa: E731
+        parts.append(torch_checkpoint(run, *args, use_reentrant=False) if checkpoint else run(*args))
+    if parts:
+        transmittance, depth_sum, median, rgb, normal, distortion = (
             torch.cat(outputs) if len(parts) > 1 else outputs[0] for outputs in zip(*parts))
-        transmittance = transmittance.index_copy(0, active, new_t)
-        depth_sum = depth_sum.index_copy(0, active, new_sum)
-        done = done.index_copy(0, active, new_done)
-        rounds.append((active, d_rgb, d_normal, d_dist))
-        median = median.index_copy(0, active, torch.where(torch.isnan(d_median), median[active], d_median))
-    if not rounds:  # nothing drawn: tie the empty maps to the inputs so that a loss can still call backward()
+    else:  # nothing drawn: tie the empty maps to the inputs so that a loss can still call backward()
         like = like + 0.0 * (colors.sum() + opacities.sum() + projected.ray_transforms.sum())
-
-    def summed(k: int, shape: tuple) -> torch.Tensor:
-        total = like.new_zeros(len(occupied), pix, *shape)
-        if not rounds:
-            return total
-        return total.index_add(0, torch.cat([r[0] for r in rounds]), torch.cat([r[k] for r in rounds]))
+        transmittance, depth_sum, median, distortion = (like.new_zeros(0, pix) for _ in range(4))
+        rgb, normal = like.new_zeros(0, pix, channels), like.new_zeros(0, pix, 3)
 
     def image(values: torch.Tensor, empty: float = 0.0) -> torch.Tensor:
         """(occupied tiles, P, ...) → (B, H, W, ...), tiles without surfels set to `empty`."""
@@ -193,6 +208,5 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
         grid = grid.movedim(3, 2).reshape(batch, tiles_y * tile_size, tiles_x * tile_size, *extra)
         return grid[:, :height, :width]
 
-    rgb, normal, distortion = summed(1, (channels,)), summed(2, (3,)), summed(3, ())
     return {"rgb": image(rgb), "transmittance": image(transmittance, 1.0), "normal": image(normal),
             "depth_sum": image(depth_sum), "distortion": image(distortion), "median": image(median)}
