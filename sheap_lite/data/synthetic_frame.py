@@ -26,6 +26,7 @@ from .synthetic_scene import MATERIALS
 try:  # the appearance module (another helper's): the contract is the five names below
     from .synthetic_look import background_image, camera_effects, sample_appearance, sample_lights, shade_frame
 except ImportError:  # TEMPORARY stand-in, removed when synthetic_look lands
+    from ..gaussians import ambient_sh, sh_from_directional_light
     from .synthetic_albedo import background_image  # noqa: F401  (same signature as the contract's)
     from .synthetic_motion import lighting
 
@@ -39,7 +40,9 @@ except ImportError:  # TEMPORARY stand-in, removed when synthetic_look lands
 
     def sample_lights(rng):  # _standin_
         ambient, direction, intensity = lighting(rng)
-        return {"ambient": ambient, "direction": direction, "intensity": intensity}
+        sh = ambient_sh(torch.from_numpy(ambient).float()) + sh_from_directional_light(
+            torch.from_numpy(direction).float(), torch.from_numpy(intensity).float())
+        return {"ambient": ambient, "direction": direction, "intensity": intensity, "sh": sh.numpy()}
 
     def shade_frame(maps, appearance, lights):  # _standin_
         albedo = torch.from_numpy(appearance["albedo"])[maps["material"][:, 0]].permute(0, 3, 1, 2)
