@@ -1,18 +1,21 @@
-"""Synthetic training clips: the head rendered with the mesh rasteriser, with its ground truth.
+"""Synthetic training clips: the head rendered with the mesh rasteriser in a small world, with its ground truth.
 
-Each clip is one "video" of one identity: random shape, a smooth expression sequence (a dominant named
-expression on the built-in head, see `synthetic_motion`), smooth head/neck/jaw/eye pose, the head's translation
-in front of the fixed camera (framed like a face tracker's crop, with jitter), SH lighting (ambient plus one
-directional light), a procedural albedo (`synthetic_albedo`) and a background. Frames are rendered with the
-*mesh* renderer (`render.mesh.render_mesh`), so a network trained with 2DGS does not merely invert its own
-renderer, and written in the shared clip format (`clip_format.write_clip`) with masks, the 68 projected landmarks
-and their visibility, and the ground-truth parameters.
+Each clip is one "video" of one identity: random shape, a talking-head motion (a dominant named expression on the
+built-in head, speech, blinks, small head motion: `synthetic_motion`), hair, neck and shoulders and sometimes
+glasses, a microphone or a hand (`synthetic_scene`: rendered, never part of the ground truth), framed by the
+crop rule of real clips (`crop`), shaded by the appearance module over a background at 2× the size and
+area-averaged (`synthetic_frame`), with the mesh renderer (`render.mesh.render_mesh`), so a network trained with
+2DGS does not merely invert its own renderer. Written in the shared clip format (`clip_format.write_clip`) with
+head-region masks, the 68 projected landmarks and their visibility, and the ground-truth parameters; the
+held-out benchmark clips (neutral and expressive) also store the ground-truth meshes.
 
 Everything about clip i follows from (seed, i): identity i // clips_per_identity from SeedSequence(seed,
-spawn_key=(0, identity)), the clip's motion, lighting and background from SeedSequence(seed, spawn_key=(1, i)),
-and rendering runs single-threaded, so serial and parallel runs write identical frames and arrays.
+spawn_key=(0, identity)) (benchmark identities: (2, identity)), the clip's motion, lights, scene and background
+from SeedSequence(seed, spawn_key=(1, i)) (benchmark: (3, set, i)), and rendering runs single-threaded, so serial
+and parallel runs write identical frames and arrays.
 
     python -m sheap_lite.data.synthetic --out data/synthetic --preset small [--workers 2]
+    (writes out/train/clip_*, out/benchmark/neutral/clip_*, out/benchmark/expressive/clip_*)
 """
 
 from __future__ import annotations
@@ -36,8 +39,7 @@ from ..camera import DEFAULT_FOV_DEG, intrinsics, look_at_viewmat, project_with_
 from .clip_format import is_complete, write_clip
 from .crop import CROP_SCALE, RAISE_FRAC, forehead_point
 from .synthetic_albedo import BACKGROUNDS
-from .synthetic_motion import (JAW_OPEN_ACTION_PER_OPEN, expression_sequence, framing_jitter, pose_sequence,
-                               speech)
+from .synthetic_motion import clip_motion, framing_jitter
 
 __all__ = ["SyntheticConfig", "PRESETS", "split_of", "identity_of", "clip_name", "generate_clip", "render_frames",
            "back_facing", "landmark_visibility", "generate_dataset", "generate_splits", "main"]
@@ -220,41 +222,10 @@ def landmark_visibility(pixels: torch.Tensor, depth: torch.Tensor, rendered_dept
     return inside & (~covered | (depth <= surface + tolerance))
 
 
-def eye_geometry(flame, rest_vertices: np.ndarray, rest_joints: np.ndarray) -> tuple[np.ndarray, float]:
-    """(eye centres (2,3) = the eye joints [left, right], eyeball radius in metres: the mean distance of the
-    vertices skinned entirely to an eye joint from it; 0.012 where the head has no eyeballs)."""
-    weights = flame.lbs_weights.numpy()
-    radii = [np.linalg.norm(rest_vertices[weights[:, j] > 0.999] - rest_joints[j], axis=1).mean()
-             for j in (3, 4) if (weights[:, j] > 0.999).any()]
-    return rest_joints[3:5], float(np.mean(radii)) if radii else 0.012
-
-
 def face_points(flame, out) -> torch.Tensor:
     """The 68 landmarks (T,68,3) that clips store and the crop rule measures. CONTOUR CALL SITE: when
     `sheap_lite.contour` lands, its silhouette-following jaw points replace points 0-16 here (static today)."""
     return out.landmarks
-
-
-def _motion(rng: np.random.Generator, flame, config: SyntheticConfig, t: np.ndarray):
-    """(label, expression (T,E), pose (T,5,3), eyelids (T,2)) of one clip: "train" and "expressive" clips get a
-    dominant expression, speech in `config.talking` of them, blinks and head motion; "neutral" benchmark clips
-    zero expression, jaw and eyelids and a mild head pose (NoW-like)."""
-    seconds = np.arange(len(t)) / config.fps
-    names = flame.expression_names
-    label, expression, opening, eyelids = expression_sequence(rng, t, names, flame.n_expression,
-                                                              config.expression_scale, fps=config.fps)
-    talks = rng.uniform() < config.talking
-    talk_open, lips = speech(rng, seconds, names, flame.n_expression, 1.0 if talks else 0.0)
-    expression = np.clip(expression + lips, 0.0, 1.0)
-    if names is not None and "jawOpen" in names:
-        expression[:, names.index("jawOpen")] += JAW_OPEN_ACTION_PER_OPEN * talk_open
-    opening = np.clip(opening + talk_open, 0.0, 1.0)
-    pose = pose_sequence(rng, t, opening, config.pose_scale, fps=config.fps)
-    if config.benchmark == "neutral":
-        label, expression, eyelids = "neutral", np.zeros_like(expression), np.zeros_like(eyelids)
-        pose[:, 2:] = 0.0  # no jaw, eyes straight ahead
-        pose[:, :2] *= 0.5  # mild head pose
-    return label, expression.astype(np.float32), pose.astype(np.float32), eyelids.astype(np.float32)
 
 
 def generate_clip(flame, config: SyntheticConfig, clip_index: int) -> dict:
@@ -268,7 +239,7 @@ def generate_clip(flame, config: SyntheticConfig, clip_index: int) -> dict:
     background, area-averaged to the size and passed through the camera's effects. Masks cover the head region
     real clips' masks cover (face, forehead, skull and the hair over it; not ears, neck, loose hair, occluders).
     """
-    from .synthetic_frame import (background_image, camera_effects, downsample, frame_translations,
+    from .synthetic_frame import (background_image, camera_effects, downsample, eye_geometry, frame_translations,
                                   head_face_materials, render_maps, sample_appearance, sample_lights, shade_frame)
     from .synthetic_scene import build_scene, joint_transforms, pose_scene
 
@@ -289,7 +260,9 @@ def generate_clip(flame, config: SyntheticConfig, clip_index: int) -> dict:
 
         # this clip's motion, lights, scene and background
         rng = _rng(config.seed, *_clip_key(config, clip_index))
-        label, expression, pose, eyelids = _motion(rng, flame, config, t)
+        label, expression, pose, eyelids = clip_motion(rng, t, flame.expression_names, flame.n_expression,
+                                                       config.expression_scale, config.pose_scale, config.fps,
+                                                       config.talking, neutral=config.benchmark == "neutral")
         drift = framing_jitter(rng, t, config.lateral_jitter, config.depth_jitter)
         lights = sample_lights(rng)
         background = background_image(rng, size, config.background)

@@ -114,6 +114,15 @@ def head_face_materials(flame, rest: np.ndarray, landmarks: np.ndarray) -> tuple
     return material, ~(neck | ear)
 
 
+def eye_geometry(flame, rest_vertices: np.ndarray, rest_joints: np.ndarray) -> tuple[np.ndarray, float]:
+    """(eye centres (2,3) = the eye joints [left, right], eyeball radius in metres: the mean distance of the
+    vertices skinned entirely to an eye joint from it; 0.012 where the head has no eyeballs)."""
+    weights = flame.lbs_weights.numpy()
+    radii = [np.linalg.norm(rest_vertices[weights[:, j] > 0.999] - rest_joints[j], axis=1).mean()
+             for j in (3, 4) if (weights[:, j] > 0.999).any()]
+    return rest_joints[3:5], float(np.mean(radii)) if radii else 0.012
+
+
 def render_maps(head_vertices: torch.Tensor, head_rest: torch.Tensor, head_faces: torch.Tensor,
                 head_material: torch.Tensor, head_in_mask: torch.Tensor, scene: tuple | None, viewmat: torch.Tensor,
                 K: torch.Tensor, size: int, mask_hair_above: float, mode: str = "hard", **soft_options):

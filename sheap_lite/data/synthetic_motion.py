@@ -195,9 +195,32 @@ def pose_sequence(rng: np.random.Generator, t: np.ndarray, opening: np.ndarray, 
     return pose
 
 
+def clip_motion(rng: np.random.Generator, t: np.ndarray, names: list[str] | None, n_expression: int,
+                expression_scale: float = 1.0, pose_scale: float = 1.0, fps: float = 25.0, talking: float = 0.8,
+                neutral: bool = False):
+    """(label, expression (T,E), pose (T,5,3), eyelids (T,2)) float32 of one clip: a dominant expression, speech
+    in a `talking` fraction of clips (`speech`; on the named basis `jawOpen` follows the speech opening too),
+    blinks and head motion. `neutral` (the NoW-like benchmark): zero expression, jaw, gaze and eyelids, half the
+    head pose."""
+    seconds = np.arange(len(t)) / fps
+    label, expression, opening, eyelids = expression_sequence(rng, t, names, n_expression, expression_scale, fps=fps)
+    talks = rng.uniform() < talking
+    talk_open, lips = speech(rng, seconds, names, n_expression, 1.0 if talks else 0.0)
+    expression = np.clip(expression + lips, 0.0, 1.0)
+    if names is not None and "jawOpen" in names:
+        expression[:, names.index("jawOpen")] += JAW_OPEN_ACTION_PER_OPEN * talk_open
+    opening = np.clip(opening + talk_open, 0.0, 1.0)
+    pose = pose_sequence(rng, t, opening, pose_scale, fps=fps)
+    if neutral:
+        label, expression, eyelids = "neutral", np.zeros_like(expression), np.zeros_like(eyelids)
+        pose[:, 2:] = 0.0
+        pose[:, :2] *= 0.5
+    return label, expression.astype(np.float32), pose.astype(np.float32), eyelids.astype(np.float32)
+
+
 def framing_jitter(rng: np.random.Generator, t: np.ndarray, lateral: float = 0.01, depth: float = 0.05):
-    """Where the face centre goes (T,3), metres, relative to the framing target: a per-clip offset (±`lateral` in x/y,
-    ±`depth` in z) plus a smooth drift of a third of a centimetre, like a face tracker's crop."""
+    """The head's natural motion in the scene (T,3), metres: a per-clip offset (±`lateral` in x/y, ±`depth` in z)
+    plus a smooth drift of a third of a centimetre; the crop rule then frames it (`synthetic_frame`)."""
     offset = rng.uniform(-1, 1, 3) * np.array([lateral, lateral, depth])
     return offset + 0.003 * smooth_noise(rng, t, 3)
 
