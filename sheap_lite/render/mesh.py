@@ -38,8 +38,9 @@ Modes
     behind a nearer surface (under the chin the jaw's contour overlaps the neck's); measured to its contour
     edge, the face covering such a pixel gets p < 1, and with the independent product the pixel stayed below
     alpha 1 (a dotted seam: 12 pixels under the chin at 128², K = 8). Where every pixel centre within the blur
-    radius is covered (hard visibility), the most covering face counts as covering the pixel (p = 1); nearer
-    faces still blend over it by their coverage, so occluding contours stay anti-aliased.
+    radius + 1 px is covered (hard visibility), the most covering face, where a contour edge of its own lies
+    within the blur radius, counts as covering the pixel (p = 1); nearer faces still blend over it by their
+    coverage, so occluding contours stay anti-aliased, and a lone surface keeps p = sigmoid(d²/σ) exactly.
   As σ (and γ) → 0 both converge to "hard".
 - depth, normal, face_index and bary always come from the hard-visible face (σ-independent); background: depth
   0, normal 0, face_index −1, bary 0.
@@ -205,9 +206,10 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, viewmats: torch.Ten
     ids = ids[rows]
     pixels = torch.stack([rows % width, (rows // width) % height], -1).to(vertices.dtype) + 0.5
     frag = fragments(screen, pixels, ids, with_distance=soft, interior=interior)
-    if interior is not None:  # deep inside the union's silhouette: the most covering face covers it for sure
+    if interior is not None:  # deep inside the union's silhouette, the most covering face's contour is hidden
         deep = _deep_interior(hard_ids >= 0, math.sqrt(blur_radius_sq(sigma))).reshape(-1)[rows]
-        same = deep[:, None] & (ids == ids[:, visible + 1:visible + 2]) & (ids >= 0)  # its slots (also in K)
+        hidden_contour = frag.dist2 > -blur_radius_sq(sigma)  # a contour edge of it within the blur radius
+        same = deep[:, None] & (ids == ids[:, visible + 1:visible + 2]) & (ids >= 0) & hidden_contour
         frag.dist2 = torch.where(same, -math.inf, frag.dist2)
     safe = ids.clamp_min(0)
 
@@ -270,10 +272,10 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, viewmats: torch.Ten
 
 
 def _deep_interior(covered: torch.Tensor, radius: float) -> torch.Tensor:
-    """(B,H,W) bool: every pixel centre within ceil(radius) pixels (a square window; outside the image counts as
-    uncovered) is covered by some face. No silhouette of the rendered union lies within the blur radius of such a
-    pixel, even where the visible face's own contour edge does (a contour hidden behind a nearer surface)."""
-    reach = int(math.ceil(radius))
+    """(B,H,W) bool: every pixel centre within ceil(radius) + 1 pixels (a square window; outside the image counts
+    as uncovered) is covered by some face. No silhouette of the rendered union lies within the blur radius of such
+    a pixel, even where a face's own contour edge does (a contour hidden behind a nearer surface)."""
+    reach = int(math.ceil(radius)) + 1
     uncovered = (~covered).to(torch.float32)[:, None]
     return F.max_pool2d(F.pad(uncovered, (reach,) * 4, value=1.0), 2 * reach + 1, stride=1)[:, 0] == 0
 
