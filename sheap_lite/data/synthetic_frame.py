@@ -69,7 +69,7 @@ def frame_translations(points: np.ndarray, drift: np.ndarray, viewmat: np.ndarra
 
     points (T,N,3) the untranslated posed points the crop rule measures, drift (T,3) the head's natural motion in
     the scene (metres), viewmat (4,4), K (3,3) the fixed camera, size the image side. The per-frame crop box of
-    the drifting head, smoothed over `smooth` frames either side, maps to the image (0, 0, size): each frame's
+    the drifting head, smoothed over `smooth` frames either side, maps to the image (size/2, size/2, size): each frame's
     own box lands where it lies inside that smoothed crop.
     """
     points, drift = np.asarray(points, np.float64), np.asarray(drift, np.float64)
