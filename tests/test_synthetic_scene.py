@@ -125,3 +125,8 @@ def test_scene_changes_frames_but_not_the_ground_truth(head):
         below_chin[f, int(lm[f, 8, 1]) + 3:] = True
     assert not (with_scene["masks"] == 255)[below_chin].any()
     assert (bare["masks"] == 255).mean() > 0.15
+
+
+def test_materials_agree_with_the_appearance_module():
+    look = pytest.importorskip("sheap_lite.data.synthetic_look")
+    assert look.MATERIALS == MATERIALS

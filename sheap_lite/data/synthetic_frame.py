@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,9 +25,9 @@ import torch.nn.functional as F
 from .crop import CROP_SCALE, RAISE_FRAC, crop_box_from_mesh, smooth_boxes
 from .synthetic_scene import MATERIALS
 
-try:  # the appearance module (another helper's): the contract is the five names below
+if find_spec(f"{__package__}.synthetic_look") is not None:  # the appearance module (another helper's)
     from .synthetic_look import background_image, camera_effects, sample_appearance, sample_lights, shade_frame
-except ImportError:  # TEMPORARY stand-in, removed when synthetic_look lands
+else:  # TEMPORARY stand-in, removed when synthetic_look lands
     from ..gaussians import ambient_sh, sh_from_directional_light
     from .synthetic_albedo import background_image  # noqa: F401  (same signature as the contract's)
     from .synthetic_motion import lighting
