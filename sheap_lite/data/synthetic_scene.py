@@ -138,9 +138,9 @@ def make_hair(rng: np.random.Generator, style: str, rest: np.ndarray, faces: np.
         rows = 10
         centre = rest[used].mean(0)
         path = []
+        ring = rest[used][np.abs(rest[used, 1] - y_top) < 0.02]  # the scalp where the curtain starts
         for a in angle:
             direction = np.array([np.sin(a), 0.0, -np.cos(a)])
-            ring = rest[used][np.abs(rest[used, 1] - y_top) < 0.02]
             reach = ((ring - centre)[:, [0, 2]] @ direction[[0, 2]]).max() if len(ring) else 0.08
             end = length * rng.uniform(0.8, 1.0)
             ys = y_top - np.linspace(0.0, end, rows)
