@@ -10,7 +10,8 @@ A clip is a folder:
       annotations.npz    landmarks (T,68,2) float32 pixels (x right, y down, pixel centres at +0.5),
                          landmarks_visible (T,68) bool; synthetic clips add the ground truth:
                          shape (S_id,), expression (T,E), pose (T,5,3), eyelids (T,2), translation (T,3),
-                         sh (T,9,3) lighting, viewmat (4,4), K (3,3) — all float32
+                         sh (T,9,3) lighting, viewmat (4,4), K (3,3) — all float32; synthetic benchmark
+                         clips add vertices (T,V,3) and faces (F,3) (ground-truth meshes)
 
 Clips are written into a hidden temporary sibling folder (``.NAME.partial-<pid>-<random>``) and renamed into place
 when complete, so a reader never sees half a clip and an interrupted writer leaves nothing that looks finished.
@@ -42,7 +43,7 @@ from PIL import Image
 
 FORMAT_VERSION = 1
 N_LANDMARKS = 68
-PER_FRAME_GROUND_TRUTH = ("expression", "pose", "eyelids", "translation", "sh")  # (T, ...) arrays; others per clip
+PER_FRAME_GROUND_TRUTH = ("expression", "pose", "eyelids", "translation", "sh", "vertices")  # (T, ...) arrays; others per clip
 
 
 @dataclass

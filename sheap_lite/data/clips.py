@@ -35,6 +35,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .clip_format import is_complete, write_clip
+from .crop import crop_box_from_mesh  # the one crop rule, shared with synthetic clips
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -143,14 +144,6 @@ def read_frames(source, stride: int = 1) -> tuple[Iterator[tuple[int, np.ndarray
 
 
 # ---- crop and mask -----------------------------------------------------------------------------------------------
-def crop_box_from_mesh(mesh: np.ndarray, crop_scale: float, raise_frac: float) -> np.ndarray:
-    """(cx, cy, side) of the training crop for one face (image pixels)."""
-    lo, hi = mesh[:, :2].min(0), mesh[:, :2].max(0)
-    ext = float((hi - lo).max())
-    cx, cy = (lo + hi) / 2
-    return np.array([cx, cy - raise_frac * ext, crop_scale * ext])
-
-
 def head_polygon(mesh: np.ndarray, skull_frac: float = 0.35, n_arc: int = 24) -> np.ndarray:
     """(K,2) convex polygon of the head in image pixels: face-oval hull ∪ a half-ellipse over the skull."""
     import cv2

@@ -1,18 +1,21 @@
-"""Synthetic training clips: the head rendered with the mesh rasteriser, with its ground truth.
+"""Synthetic training clips: the head rendered with the mesh rasteriser in a small world, with its ground truth.
 
-Each clip is one "video" of one identity: random shape, a smooth expression sequence (a dominant named
-expression on the built-in head, see `synthetic_motion`), smooth head/neck/jaw/eye pose, the head's translation
-in front of the fixed camera (framed like a face tracker's crop, with jitter), SH lighting (ambient plus one
-directional light), a procedural albedo (`synthetic_albedo`) and a background. Frames are rendered with the
-*mesh* renderer (`render.mesh.render_mesh`), so a network trained with 2DGS does not merely invert its own
-renderer, and written in the shared clip format (`clip_format.write_clip`) with masks, the 68 projected landmarks
-and their visibility, and the ground-truth parameters.
+Each clip is one "video" of one identity: random shape, a talking-head motion (a dominant named expression on the
+built-in head, speech, blinks, small head motion: `synthetic_motion`), hair, neck and shoulders and sometimes
+glasses, a microphone or a hand (`synthetic_scene`: rendered, never part of the ground truth), framed by the
+crop rule of real clips (`crop`), shaded by the appearance module over a background at 2× the size and
+area-averaged (`synthetic_frame`), with the mesh renderer (`render.mesh.render_mesh`), so a network trained with
+2DGS does not merely invert its own renderer. Written in the shared clip format (`clip_format.write_clip`) with
+head-region masks, the 68 projected landmarks and their visibility, and the ground-truth parameters; the
+held-out benchmark clips (neutral and expressive) also store the ground-truth meshes.
 
 Everything about clip i follows from (seed, i): identity i // clips_per_identity from SeedSequence(seed,
-spawn_key=(0, identity)), the clip's motion, lighting and background from SeedSequence(seed, spawn_key=(1, i)),
-and rendering runs single-threaded, so serial and parallel runs write identical frames and arrays.
+spawn_key=(0, identity)) (benchmark identities: (2, identity)), the clip's motion, lights, scene and background
+from SeedSequence(seed, spawn_key=(1, i)) (benchmark: (3, set, i)), and rendering runs single-threaded, so serial
+and parallel runs write identical frames and arrays.
 
     python -m sheap_lite.data.synthetic --out data/synthetic --preset small [--workers 2]
+    (writes out/train/clip_*, out/benchmark/neutral/clip_*, out/benchmark/expressive/clip_*)
 """
 
 from __future__ import annotations
@@ -33,22 +36,19 @@ import numpy as np
 import torch
 
 from ..camera import DEFAULT_FOV_DEG, intrinsics, look_at_viewmat, project_with_depth
-from ..gaussians import ambient_sh, sh_from_directional_light
 from .clip_format import is_complete, write_clip
+from .crop import CROP_SCALE, RAISE_FRAC, forehead_point
 from .jobs import (RESUME_HINT, IncompleteRun, SettingsMismatch, claim_settings, non_negative_int, positive_int,
                    run_jobs)
-from .synthetic_albedo import MOUTH_INTERIOR, procedural_albedo
-from .synthetic_camera import BACKGROUNDS, background_image
-from .synthetic_motion import expression_sequence, framing_jitter, lighting, pose_sequence
+from .synthetic_camera import BACKGROUNDS
+from .synthetic_motion import clip_motion, framing_jitter
 
 __all__ = ["SyntheticConfig", "PRESETS", "split_of", "identity_of", "clip_name", "generate_clip", "render_frames",
-           "back_facing", "landmark_visibility", "generate_dataset", "main"]
+           "back_facing", "landmark_visibility", "generate_dataset", "generate_splits", "main"]
 
-# Where the centroid of the 68 landmarks is framed (world metres, before jitter): slightly below the optical
-# axis, so the crop holds the chin and the forehead like a detector's face crop.
-FACE_CENTRE_XY = (0.0, -0.008)
 SPLITS = ("train", "val", "test")
 SETTINGS_FILE = "synthetic_settings.json"  # in the output folder: the settings its clips were made with
+BENCHMARKS = (None, "neutral", "expressive")
 
 
 @dataclass
@@ -57,11 +57,18 @@ class SyntheticConfig:
 
     shape_scale: identity coefficients ~ N(0, shape_scale²) over the first `n_shape` components (None = all);
     expression_scale, pose_scale: multiply the expression intensities and the head/eye rotations;
-    lateral_jitter / depth_jitter: metres of per-clip framing offset in x,y / z;
-    background: one of `synthetic_camera.BACKGROUNDS` ("random": mostly photos and interiors; linear light);
-    render_mode: the mesh renderer's "hard" (aliased edges, fastest) or "soft" (anti-aliased silhouettes, with
-    `soft_sigma` pixels² and `faces_per_pixel`; ~4x slower); visibility_tolerance: metres a landmark may lie behind the
-    rendered surface at its pixel and still count as visible; flame_path: None = FLAME.load()'s choice.
+    lateral_jitter / depth_jitter: metres of the head's natural motion in the scene in x,y / z (the crop rule
+    then frames it as a real clip's crop would); background: one of `synthetic_camera.BACKGROUNDS` ("random": mostly photos and interiors);
+    render_mode: the mesh renderer's "hard" (edges anti-aliased by the supersampling alone) or "soft" (with
+    `soft_sigma` pixels² and `faces_per_pixel`; ~4x slower); supersample: render at k× the size, then
+    area-average; visibility_tolerance: metres a landmark may lie behind the rendered surface at its pixel and
+    still count as visible; flame_path: None = FLAME.load()'s choice;
+    scene: render hair, neck and shoulders and occluders (`synthetic_scene`); occluder_prob: chance of glasses, and
+    of a microphone or a hand, per clip; talking: fraction of clips that speak; crop_smooth: frames either side
+    of the crop's moving average (as `prepare_clip`'s `smooth`);
+    benchmark: None (training clips), "neutral" or "expressive": held-out identities (never in training), with
+    zero expression, jaw and eyelids and a mild pose, or posed expressive frames; their clips store the
+    ground-truth meshes; benchmark_clips: clips per benchmark set that `generate_splits` writes.
     """
 
     clips: int = 200
@@ -84,6 +91,13 @@ class SyntheticConfig:
     camera_distance: float = 1.0
     fps: int = 25
     flame_path: str | None = None
+    supersample: int = 2
+    scene: bool = True
+    occluder_prob: float = 0.3
+    talking: float = 0.8
+    crop_smooth: int = 4
+    benchmark: str | None = None
+    benchmark_clips: int = 0
 
     def __post_init__(self) -> None:
         for name in ("clips", "frames", "size", "clips_per_identity"):
@@ -97,11 +111,18 @@ class SyntheticConfig:
             raise ValueError(f"SyntheticConfig.background must be one of {BACKGROUNDS}, got {self.background!r}")
         if self.render_mode not in ("hard", "soft"):
             raise ValueError(f"SyntheticConfig.render_mode must be 'hard' or 'soft', got {self.render_mode!r}")
+        if int(self.supersample) < 1:
+            raise ValueError(f"SyntheticConfig.supersample must be a positive integer, got {self.supersample}")
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"SyntheticConfig.benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
+        if int(self.benchmark_clips) < 0 or int(self.crop_smooth) < 0:
+            raise ValueError("SyntheticConfig.benchmark_clips and crop_smooth must be non-negative integers, got "
+                             f"{self.benchmark_clips} and {self.crop_smooth}")
 
 
 PRESETS: dict[str, SyntheticConfig] = {
-    "ci": SyntheticConfig(clips=4, frames=6, size=64),
-    "small": SyntheticConfig(clips=200, frames=16, size=128),
+    "ci": SyntheticConfig(clips=4, frames=6, size=64, benchmark_clips=1),
+    "small": SyntheticConfig(clips=200, frames=16, size=128, benchmark_clips=10),
 }
 
 
@@ -115,9 +136,19 @@ def split_of(identity: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0
 
 
 def identity_of(config: SyntheticConfig, clip_index: int) -> tuple[int, str]:
-    """(identity index, identity string) of a clip; the string names the master seed, so seeds never share one."""
+    """(identity index, identity string) of a clip; the string names the master seed, so seeds never share one.
+    Benchmark clips draw from a separate pool of held-out identities ("syn<seed>-bench-<k>"), shared by the
+    neutral and the expressive set, never used for training clips."""
     k = clip_index // config.clips_per_identity
-    return k, f"syn{config.seed}-{k:06d}"
+    return k, f"syn{config.seed}-{'bench-' if config.benchmark else ''}{k:06d}"
+
+
+def _identity_key(config: SyntheticConfig, identity_index: int) -> tuple[int, ...]:
+    return (0, identity_index) if config.benchmark is None else (2, identity_index)
+
+
+def _clip_key(config: SyntheticConfig, clip_index: int) -> tuple[int, ...]:
+    return (1, clip_index) if config.benchmark is None else (3, BENCHMARKS.index(config.benchmark), clip_index)
 
 
 def clip_name(clip_index: int) -> str:
@@ -194,65 +225,111 @@ def landmark_visibility(pixels: torch.Tensor, depth: torch.Tensor, rendered_dept
     return inside & (~covered | (depth <= surface + tolerance))
 
 
+def lights_sh(lights) -> torch.Tensor:
+    """The clip's lights as one SH radiance (9,3) (`gaussians.sh_irradiance` order): the ambient SH plus each
+    directional light's SH projection. The ground truth "sh" of a clip: the frames' order-2 Lambertian lighting
+    (they also hold specular and soft wrap light, which no SH order 2 describes)."""
+    from ..gaussians import sh_from_directional_light
+
+    return lights.sh + sh_from_directional_light(lights.directions, lights.colours).sum(0)
+
+
+def face_points(flame, out, viewmat: torch.Tensor) -> torch.Tensor:
+    """The 68 landmarks (T,68,3) that clips store and the crop rule measures: the static embedding, with the jaw
+    contour 0-16 on the silhouette seen from `viewmat` (4,4) (`contour.contour_landmarks`), as a 2D detector
+    marks it."""
+    from ..contour import contour_landmarks
+
+    return contour_landmarks(flame, out.vertices, viewmat)
+
+
 def generate_clip(flame, config: SyntheticConfig, clip_index: int) -> dict:
     """Make clip `clip_index` in memory: dict(frames (T,S,S,3) uint8, masks (T,S,S) uint8, landmarks (T,68,2),
-    landmarks_visible (T,68), ground_truth {shape, expression, pose, eyelids, translation, sh, viewmat, K},
-    meta). Deterministic in (config.seed, clip_index)."""
+    landmarks_visible (T,68), ground_truth {shape, expression, pose, eyelids, translation, viewmat, K, sh (, vertices (T,V,3) and faces (F,3) for benchmark clips)}, meta). Deterministic in
+    (config.seed, config.benchmark, clip_index).
+
+    The head (the ground truth) is rendered with its scene (`synthetic_scene`: hair, neck and shoulders, glasses
+    or a hand or microphone) at `supersample`× the size, shaded by `synthetic_look`, composited over a
+    background, area-averaged to the size and passed through the camera's effects. Masks cover the head region
+    real clips' masks cover (face, forehead, skull and the hair over it; not ears, neck, loose hair, occluders).
+    """
+    from .synthetic_frame import (background_image, camera_effects, downsample, eye_geometry, frame_translations,
+                                  head_face_materials, render_maps, sample_appearance, sample_lights, shade_frame)
+    from .synthetic_scene import build_scene, joint_transforms, pose_scene
+
     identity_index, identity = identity_of(config, clip_index)
     t = np.linspace(0.0, 1.0, config.frames)
+    factor, size = config.supersample, config.size
     with _single_thread(), torch.no_grad():
-        # identity: shape and albedo, shared by every clip of this identity
-        id_rng = _rng(config.seed, 0, identity_index)
+        # identity: shape and appearance, shared by every clip of this identity
+        id_rng = _rng(config.seed, *_identity_key(config, identity_index))
         shape = np.zeros(flame.n_shape)
         k = flame.n_shape if config.n_shape is None else min(config.n_shape, flame.n_shape)
         shape[:k] = id_rng.normal(size=k) * config.shape_scale
         shape = shape.astype(np.float32)
         rest = flame(shape=torch.from_numpy(shape)[None])
-        albedo = procedural_albedo(id_rng, rest.vertices[0].numpy(), flame.faces.numpy(), rest.landmarks[0].numpy(),
-                                   flame.lbs_weights.numpy(), rest.joints[0, 3:5].numpy())
+        rest_v, rest_lm = rest.vertices[0].numpy(), rest.landmarks[0].numpy()
+        eye_centres, eye_radius = eye_geometry(flame, rest_v, rest.joints[0].numpy())
+        appearance = sample_appearance(id_rng, rest_lm, eye_centres, eye_radius)
 
-        # this clip's motion, lighting and background
-        rng = _rng(config.seed, 1, clip_index)
-        names = flame.expression_names
-        label, expression, opening, eyelids = expression_sequence(rng, t, names, flame.n_expression,
-                                                                  config.expression_scale)
-        pose = pose_sequence(rng, t, opening, config.pose_scale)
-        jitter = framing_jitter(rng, t, config.lateral_jitter, config.depth_jitter)
-        ambient, direction, intensity = lighting(rng)
-        background = background_image(rng, config.size, config.background)
-        sh = (ambient_sh(torch.from_numpy(ambient).float())
-              + sh_from_directional_light(torch.from_numpy(direction).float(), torch.from_numpy(intensity).float()))
-        sh = sh.numpy()[None].repeat(config.frames, 0)
-        expression, pose, eyelids = (a.astype(np.float32) for a in (expression, pose, eyelids))
+        # this clip's motion, lights, scene and background
+        rng = _rng(config.seed, *_clip_key(config, clip_index))
+        label, expression, pose, eyelids = clip_motion(rng, t, flame.expression_names, flame.n_expression,
+                                                       config.expression_scale, config.pose_scale, config.fps,
+                                                       config.talking, neutral=config.benchmark == "neutral")
+        drift = framing_jitter(rng, t, config.lateral_jitter, config.depth_jitter)
+        lights = sample_lights(rng)
+        background = background_image(rng, size, config.background)
+        objects, scene_meta = build_scene(
+            rng, rest_v, flame.faces.numpy(), rest_lm, flame.lbs_weights.numpy(), config.frames,
+            occluder_prob=0.0 if config.benchmark == "neutral" else config.occluder_prob)
+        if not config.scene:
+            objects, scene_meta = [], {}
 
-        # framing: put the landmarks' centroid at FACE_CENTRE_XY (+ jitter), as a face tracker's crop would
-        untranslated = flame(shape=torch.from_numpy(shape).expand(config.frames, -1),
-                             expression=torch.from_numpy(expression), pose=torch.from_numpy(pose),
-                             eyelids=torch.from_numpy(eyelids))
-        centre = untranslated.landmarks.mean(1).double().numpy()
-        translation = np.zeros((config.frames, 3))
-        translation[:, :2] = np.asarray(FACE_CENTRE_XY) + jitter[:, :2] - centre[:, :2]
-        translation[:, 2] = jitter[:, 2]
-        translation = translation.astype(np.float32)
+        # framing: the crop rule of real clips on the 68 landmarks + the mid-forehead point
+        as_t = torch.from_numpy
+        shapes = as_t(shape).expand(config.frames, -1)
+        untranslated = flame(shape=shapes, expression=as_t(expression), pose=as_t(pose), eyelids=as_t(eyelids))
+        forehead = forehead_point(rest_lm, rest_v)
+        K, viewmat = intrinsics(size, size, config.fov_deg), look_at_viewmat(config.camera_distance)
+        measured = torch.cat([face_points(flame, untranslated, viewmat),
+                              untranslated.vertices[:, forehead:forehead + 1]], 1)
+        translation = frame_translations(measured.double().numpy(), drift, viewmat.numpy(), K.numpy(), size,
+                                         config.crop_smooth).astype(np.float32)
+        out = flame(shape=shapes, expression=as_t(expression), pose=as_t(pose), eyelids=as_t(eyelids),
+                    translation=as_t(translation))
 
-        out, rendered, viewmat, K = render_frames(flame, shape, expression, pose, eyelids, translation,
-                                                  config.size, albedo, sh, config.render_mode, config.fov_deg,
-                                                  config.camera_distance, sigma=config.soft_sigma,
-                                                  faces_per_pixel=config.faces_per_pixel)
-        alpha = rendered.alpha.clamp(0, 1)
-        inner = back_facing(out.vertices, flame.faces, rendered.face_index, viewmat)
-        rgb = torch.where(inner, torch.from_numpy(MOUTH_INTERIOR).float()[:, None, None] * alpha, rendered.rgb)
-        rgb = rgb + (1 - alpha) * torch.from_numpy(background).float().permute(2, 0, 1)
-        frames = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        masks = ((alpha[:, 0] > 0.5).to(torch.uint8) * 255).numpy()
-        pixels, depth = project_with_depth(out.landmarks, viewmat, K)
-        visible = landmark_visibility(pixels, depth, rendered.depth, alpha, config.visibility_tolerance)
+        # maps at supersample × size, shading, background, area average, camera
+        material, in_mask = head_face_materials(flame, rest_v, rest_lm)
+        scene = None
+        if objects:
+            rotation, offset = joint_transforms(flame, shapes, as_t(expression), as_t(pose), as_t(eyelids))
+            scene = pose_scene(objects, rotation, offset, as_t(translation))
+        K_big = intrinsics(size * factor, size * factor, config.fov_deg)
+        maps, mask, depth = render_maps(out.vertices, rest.vertices[0], flame.faces.long(), as_t(material),
+                                        as_t(in_mask), scene, viewmat, K_big, size * factor,
+                                        mask_hair_above=float(rest_lm[36:48, 1].mean()), mode=config.render_mode,
+                                        sigma=config.soft_sigma, faces_per_pixel=config.faces_per_pixel)
+        radiance = shade_frame(maps, appearance, lights)
+        alpha = downsample(maps["alpha"], factor)
+        image = downsample(radiance, factor) + (1 - alpha) * torch.as_tensor(
+            np.asarray(background), dtype=torch.float32).permute(2, 0, 1)
+        frames = camera_effects(image.clamp(0, 1), rng)
+        masks = ((downsample(mask, factor)[:, 0] > 0.5).to(torch.uint8) * 255).numpy()
+        landmarks = face_points(flame, out, viewmat)
+        pixels, lm_depth = project_with_depth(landmarks, viewmat, K)
+        visible = landmark_visibility(pixels * factor, lm_depth, depth, maps["alpha"], config.visibility_tolerance)
 
     ground_truth = dict(shape=shape, expression=expression, pose=pose, eyelids=eyelids, translation=translation,
-                        sh=sh.astype(np.float32), viewmat=viewmat.numpy(), K=K.numpy())
+                        viewmat=viewmat.numpy(), K=K.numpy())
+    ground_truth["sh"] = np.broadcast_to(lights_sh(lights).numpy(), (config.frames, 9, 3)).astype(np.float32)
+    if config.benchmark is not None:  # scans for evaluation
+        ground_truth.update(vertices=out.vertices.numpy(), faces=flame.faces.numpy().astype(np.float32))
     meta = dict(source="synthetic", identity=identity, label=label, seed=int(config.seed),
-                clip_index=int(clip_index), head_model=flame.name, fps=int(config.fps),
-                render_mode=config.render_mode, fov_deg=float(config.fov_deg))
+                clip_index=int(clip_index), head_model=flame.name, fps=int(config.fps), benchmark=config.benchmark,
+                supersample=int(factor), render_mode=config.render_mode, fov_deg=float(config.fov_deg), scene=scene_meta,
+                crop={"crop_scale": CROP_SCALE, "raise_frac": RAISE_FRAC, "smooth": int(config.crop_smooth),
+                      "measured": "68 landmarks + mid-forehead vertex"})
     return dict(frames=frames, masks=masks, landmarks=pixels.numpy().astype(np.float32),
                 landmarks_visible=visible.numpy(), ground_truth=ground_truth, meta=meta)
 
@@ -355,6 +432,18 @@ def generate_dataset(out: str | os.PathLike, config: SyntheticConfig, workers: i
     return summary
 
 
+def generate_splits(out: str | os.PathLike, config: SyntheticConfig, **options) -> dict:
+    """The training clips under out/train and, with `config.benchmark_clips` > 0, the held-out benchmark under
+    out/benchmark/neutral and out/benchmark/expressive (`generate_dataset` for each; `options` go to it).
+    → {"train": summary, "neutral": …, "expressive": …} (only the sets written)."""
+    out = Path(out)
+    summaries = {"train": generate_dataset(out / "train", dataclasses.replace(config, benchmark=None), **options)}
+    for kind in BENCHMARKS[1:] if config.benchmark_clips else ():
+        bench = dataclasses.replace(config, benchmark=kind, clips=config.benchmark_clips, clips_per_identity=1)
+        summaries[kind] = generate_dataset(out / "benchmark" / kind, bench, **options)
+    return summaries
+
+
 def main(argv: list[str] | None = None) -> dict:
     """The command line (see the module docstring). Bad values are argparse errors (exit 2); an incomplete run
     exits with 130 (Ctrl-C) or 1 after saying which clips were not written and how to resume."""
@@ -366,6 +455,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=positive_int, help="image size in pixels (square, at least 16)")
     parser.add_argument("--seed", type=non_negative_int, help="master seed (default 0)")
     parser.add_argument("--clips-per-identity", type=positive_int, help="clips sharing one identity (default 1)")
+    parser.add_argument("--benchmark-clips", type=non_negative_int,
+                        help="clips per held-out benchmark set (0 = none)")
     parser.add_argument("--background", choices=BACKGROUNDS)
     parser.add_argument("--mode", dest="render_mode", choices=["hard", "soft"], help="mesh renderer mode")
     parser.add_argument("--flame", dest="flame_path", help="FLAME pickle (default: $SHEAP_FLAME_PATH or built-in)")
@@ -384,18 +475,19 @@ def main(argv: list[str] | None = None) -> dict:
     if config.flame_path is not None and not Path(config.flame_path).is_file():
         parser.error(f"--flame {config.flame_path}: no such file")
     try:
-        summary = generate_dataset(args.out, config, workers=args.workers, progress=not args.quiet,
-                                   start_method=args.start_method)
+        summaries = generate_splits(args.out, config, workers=args.workers, progress=not args.quiet,
+                                    start_method=args.start_method)
     except IncompleteRun as e:
         print(f"\n{e}", file=sys.stderr)
         raise SystemExit(130 if e.summary["interrupted"] else 1) from None
     except SettingsMismatch as e:
         parser.error(str(e))
-    per_clip = summary["seconds"] / max(summary["written"], 1)
-    print(f"synthetic: {summary['written']} clips written, {summary['skipped']} already complete, "
-          f"{config.frames} frames of {config.size}x{config.size} px each, {summary['workers']} worker(s), "
-          f"{summary['seconds']:.1f} s ({per_clip:.2f} s per written clip) -> {args.out}")
-    return summary
+    for name, summary in summaries.items():
+        per_clip = summary["seconds"] / max(summary["written"], 1)
+        print(f"synthetic {name}: {summary['written']} clips written, {summary['skipped']} already complete, "
+              f"{config.frames} frames of {config.size}x{config.size} px each, {summary['workers']} worker(s), "
+              f"{summary['seconds']:.1f} s ({per_clip:.2f} s per written clip) -> {Path(args.out) / name}")
+    return summaries
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Smooth parameter sequences for synthetic clips: expressions, eyelids, pose, gaze, framing and lighting.
 
 Every function takes a `numpy.random.Generator` and returns float64 arrays over T frames; nothing here touches
-torch, so a clip's parameters depend on its seed alone. Time is normalised over the clip (t = 0 … 1), so a clip
-of 6 frames and one of 16 show the same kind of motion, the longer one sampled more densely.
+torch, so a clip's parameters depend on its seed alone. Like talking-head video: speech (`speech`: jaw and lips
+at syllable rate, phrases and pauses), blinks (`blinks`, 15-20 a minute) and head motion run in seconds (frames
+1/fps apart); the dominant expression's envelope and the gaze run over the clip (t = 0 … 1), so every clip shows
+its label.
 
 For the built-in head (its expression basis is named after ARKit's facial actions) each clip has one dominant
 expression from `EXPRESSION_PRESETS`: a combination of actions scaled by a temporal envelope, plus small smooth
@@ -71,19 +73,62 @@ def envelope(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
     return np.clip(base + (peak - base) * shape + 0.03 * smooth_noise(rng, t, 1)[:, 0], 0.0, 1.0)
 
 
-def blinks(rng: np.random.Generator, n_frames: int, rate: float = 0.8) -> np.ndarray:
-    """Eyelid closure (T,) in [0,1] from random blinks (Poisson count, `rate` per clip), each about 2 frames wide."""
-    closure = np.zeros(n_frames)
-    frames = np.arange(n_frames)
-    for _ in range(rng.poisson(rate)):
-        at, width = rng.uniform(0, n_frames - 1), rng.uniform(0.5, 1.0)
-        closure = np.maximum(closure, rng.uniform(0.7, 1.0) * np.exp(-0.5 * ((frames - at) / width) ** 2))
+def blinks(rng: np.random.Generator, seconds: np.ndarray, per_minute=(15.0, 20.0),
+           duration=(0.10, 0.15)) -> np.ndarray:
+    """Eyelid closure (T,) in [0,1] at times `seconds` (T,): blinks at `per_minute` (a rate drawn in that range)
+    with jittered intervals (a gamma renewal process, shape 4), each a raised cosine lasting `duration` seconds
+    (100-150 ms: 2.5-4 frames at 25 fps), closing 80-100 %. The process starts before the clip (random phase)."""
+    rate = rng.uniform(*per_minute) / 60.0
+    closure = np.zeros(len(seconds))
+    at = seconds[0] - rng.uniform(0.0, 2.0 / rate)
+    while at < seconds[-1] + 1.0:
+        length, depth = rng.uniform(*duration), rng.uniform(0.8, 1.0)
+        phase = (seconds - at) / length
+        bump = np.where(np.abs(phase - 0.5) < 0.5, 0.5 - 0.5 * np.cos(2 * np.pi * phase), 0.0)
+        closure = np.maximum(closure, depth * bump)
+        at += rng.gamma(4.0, 1.0 / (4.0 * rate))
     return closure
 
 
+# Lip actions that speech moves besides the jaw, on the built-in head's (ARKit-named) basis.
+SPEECH_LIPS = ("mouthFunnel", "mouthPucker", "mouthClose", "mouthLowerDownLeft", "mouthLowerDownRight",
+               "mouthUpperUpLeft", "mouthUpperUpRight", "mouthStretchLeft", "mouthStretchRight")
+
+
+def speech(rng: np.random.Generator, seconds: np.ndarray, names: list[str] | None, n_expression: int,
+           talking: float = 1.0):
+    """Talking: (mouth opening (T,) in [0,1], lip expression (T,E)) at times `seconds`. Phrases of 1-3 s separated
+    by 0.2-0.8 s pauses; within a phrase syllables at 3-6 per second (one rate per clip, intervals jittered by
+    ±30 %), each a raised-cosine jaw opening of random amplitude, and (named basis) a random lip shape from
+    `SPEECH_LIPS` per syllable. `talking` scales everything (0 = silent)."""
+    rate = rng.uniform(3.0, 6.0)
+    level = rng.uniform(0.25, 0.6) * talking
+    opening = np.zeros(len(seconds))
+    lips = np.zeros((len(seconds), n_expression))
+    index = {name: i for i, name in enumerate(names or [])}
+    lip_ids = [index[n] for n in SPEECH_LIPS if n in index]
+    at = seconds[0] - rng.uniform(0.0, 3.0)
+    phrase_end = at + rng.uniform(1.0, 3.0)
+    while at < seconds[-1] + 1.0:
+        if at > phrase_end:  # a pause, then a new phrase
+            at = phrase_end + rng.uniform(0.2, 0.8)
+            phrase_end = at + rng.uniform(1.0, 3.0)
+            continue
+        interval = rng.uniform(0.7, 1.3) / rate
+        phase = (seconds - at) / interval
+        bump = np.where((phase > 0) & (phase < 1), 0.5 - 0.5 * np.cos(2 * np.pi * phase), 0.0)
+        amplitude = level * rng.uniform(0.3, 1.0)
+        opening = np.maximum(opening, amplitude * bump)
+        if lip_ids:
+            lips[:, rng.choice(lip_ids)] += rng.uniform(0.1, 0.35) * talking * bump
+        at += interval
+    return np.clip(opening, 0.0, 1.0), np.clip(lips, 0.0, 1.0)
+
+
 def expression_sequence(rng: np.random.Generator, t: np.ndarray, names: list[str] | None, n_expression: int,
-                        scale: float = 1.0, label: str | None = None, noise: float = 0.06):
-    """(label, expression (T,E), mouth opening (T,), eyelids (T,2)).
+                        scale: float = 1.0, label: str | None = None, noise: float = 0.06, fps: float = 25.0):
+    """(label, expression (T,E), mouth opening (T,), eyelids (T,2)). Blinks at a natural rate for frames `fps`
+    apart (`blinks`).
 
     Named (ARKit) basis: a preset (`label`, or a random one) times an envelope, plus `noise`-amplitude smooth noise
     on four other actions, clipped to [0,1]. Unnamed basis: smooth random coefficients (decaying std over the first
@@ -91,7 +136,7 @@ def expression_sequence(rng: np.random.Generator, t: np.ndarray, names: list[str
     """
     n = len(t)
     expression = np.zeros((n, n_expression))
-    eyelids = np.repeat(rng.uniform(0.0, 0.1) + blinks(rng, n)[:, None], 2, axis=1)
+    eyelids = np.repeat(rng.uniform(0.0, 0.1) + blinks(rng, np.arange(n) / fps)[:, None], 2, axis=1)
     if names is None:
         k = min(20, n_expression)
         std = np.linspace(1.0, 0.3, k) * scale
@@ -133,24 +178,49 @@ def gaze_sequence(rng: np.random.Generator, t: np.ndarray, scale: float = 1.0) -
     return np.concatenate([gaze, np.zeros((len(t), 1))], axis=1)
 
 
-def pose_sequence(rng: np.random.Generator, t: np.ndarray, opening: np.ndarray, scale: float = 1.0) -> np.ndarray:
+def pose_sequence(rng: np.random.Generator, t: np.ndarray, opening: np.ndarray, scale: float = 1.0,
+                  fps: float = 25.0) -> np.ndarray:
     """Pose (T,5,3) axis-angle [global, neck, jaw, eye_left, eye_right]: a small constant global tilt, the head's
-    motion on the neck (base pitch/yaw/roll plus smooth motion), the jaw pitch tied to the mouth opening (with a
-    little noise), both eyes following one gaze."""
+    motion on the neck (a base pitch/yaw/roll per clip plus a few degrees of smooth motion at 0.2-1 Hz, for
+    frames `fps` apart), the jaw pitch tied to the mouth opening (with a little noise), both eyes following one
+    gaze."""
     n = len(t)
     pose = np.zeros((n, 5, 3))
     pose[:, 0] = rng.uniform(-1, 1, 3) * np.array([0.08, 0.1, 0.04]) * scale
     base = rng.uniform(-1, 1, 3) * np.array([0.2, 0.45, 0.1])
-    motion = smooth_noise(rng, t, 3) * np.array([0.06, 0.12, 0.04])
+    motion = smooth_noise(rng, np.arange(n) / fps, 3, cycles=(0.2, 1.0)) * np.array([0.04, 0.07, 0.03])
     pose[:, 1] = (base + motion) * scale
     pose[:, 2, 0] = np.maximum(JAW_PITCH_PER_OPEN * opening + 0.01 * smooth_noise(rng, t, 1)[:, 0], 0.0)
     pose[:, 3] = pose[:, 4] = gaze_sequence(rng, t, scale)
     return pose
 
 
+def clip_motion(rng: np.random.Generator, t: np.ndarray, names: list[str] | None, n_expression: int,
+                expression_scale: float = 1.0, pose_scale: float = 1.0, fps: float = 25.0, talking: float = 0.8,
+                neutral: bool = False):
+    """(label, expression (T,E), pose (T,5,3), eyelids (T,2)) float32 of one clip: a dominant expression, speech
+    in a `talking` fraction of clips (`speech`; on the named basis `jawOpen` follows the speech opening too),
+    blinks and head motion. `neutral` (the NoW-like benchmark): zero expression, jaw, gaze and eyelids, half the
+    head pose."""
+    seconds = np.arange(len(t)) / fps
+    label, expression, opening, eyelids = expression_sequence(rng, t, names, n_expression, expression_scale, fps=fps)
+    talks = rng.uniform() < talking
+    talk_open, lips = speech(rng, seconds, names, n_expression, 1.0 if talks else 0.0)
+    expression = np.clip(expression + lips, 0.0, 1.0)
+    if names is not None and "jawOpen" in names:
+        expression[:, names.index("jawOpen")] += JAW_OPEN_ACTION_PER_OPEN * talk_open
+    opening = np.clip(opening + talk_open, 0.0, 1.0)
+    pose = pose_sequence(rng, t, opening, pose_scale, fps=fps)
+    if neutral:
+        label, expression, eyelids = "neutral", np.zeros_like(expression), np.zeros_like(eyelids)
+        pose[:, 2:] = 0.0
+        pose[:, :2] *= 0.5
+    return label, expression.astype(np.float32), pose.astype(np.float32), eyelids.astype(np.float32)
+
+
 def framing_jitter(rng: np.random.Generator, t: np.ndarray, lateral: float = 0.01, depth: float = 0.05):
-    """Where the face centre goes (T,3), metres, relative to the framing target: a per-clip offset (±`lateral` in x/y,
-    ±`depth` in z) plus a smooth drift of a third of a centimetre, like a face tracker's crop."""
+    """The head's natural motion in the scene (T,3), metres: a per-clip offset (±`lateral` in x/y, ±`depth` in z)
+    plus a smooth drift of a third of a centimetre; the crop rule then frames it (`synthetic_frame`)."""
     offset = rng.uniform(-1, 1, 3) * np.array([lateral, lateral, depth])
     return offset + 0.003 * smooth_noise(rng, t, 3)
 

@@ -34,8 +34,13 @@ Modes
     cross-checks with pytorch3d, silhouette losses and the ablation's SoftRas baseline. Caution, measured on
     the built-in head at 128²: with the default K = 8, the face that covers a pixel is often pushed out of the
     K nearest (93 % of interior pixels get alpha < 0.99; still 45 % at K = 50) — as in pytorch3d; use a
-    large `faces_per_pixel` or "composite". "composite" itself leaves a few pixels at occluding contours below
-    alpha 1 at K = 8 (12 under the chin at 128², 2 at K = 32).
+    large `faces_per_pixel` or "composite". A third fix in "composite": a face's own contour edge may be hidden
+    behind a nearer surface (under the chin the jaw's contour overlaps the neck's); measured to its contour
+    edge, the face covering such a pixel gets p < 1, and with the independent product the pixel stayed below
+    alpha 1 (a dotted seam: 12 pixels under the chin at 128², K = 8). Where every pixel centre within the blur
+    radius + 1 px is covered (hard visibility), the most covering face, where a contour edge of its own lies
+    within the blur radius, counts as covering the pixel (p = 1); nearer faces still blend over it by their
+    coverage, so occluding contours stay anti-aliased, and a lone surface keeps p = sigmoid(d²/σ) exactly.
   As σ (and γ) → 0 both converge to "hard".
 - depth, normal, face_index and bary always come from the hard-visible face (σ-independent); background: depth
   0, normal 0, face_index −1, bary 0.
@@ -201,6 +206,11 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, viewmats: torch.Ten
     ids = ids[rows]
     pixels = torch.stack([rows % width, (rows // width) % height], -1).to(vertices.dtype) + 0.5
     frag = fragments(screen, pixels, ids, with_distance=soft, interior=interior)
+    if interior is not None:  # deep inside the union's silhouette, the most covering face's contour is hidden
+        deep = _deep_interior(hard_ids >= 0, math.sqrt(blur_radius_sq(sigma))).reshape(-1)[rows]
+        hidden_contour = frag.dist2 > -blur_radius_sq(sigma)  # a contour edge of it within the blur radius
+        same = deep[:, None] & (ids == ids[:, visible + 1:visible + 2]) & (ids >= 0) & hidden_contour
+        frag.dist2 = torch.where(same, -math.inf, frag.dist2)
     safe = ids.clamp_min(0)
 
     # per-slot colour and normal
@@ -259,6 +269,15 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, viewmats: torch.Ten
         normal=image(torch.where(mask, normals[:, visible], 0.0), zeros(3)),
         face_index=image(face_rows, torch.full((pixels_total, 1), -1, dtype=torch.long, device=vertices.device)),
         bary=image(torch.where(mask, frag.bary[:, visible], 0.0), zeros(3)))
+
+
+def _deep_interior(covered: torch.Tensor, radius: float) -> torch.Tensor:
+    """(B,H,W) bool: every pixel centre within ceil(radius) + 1 pixels (a square window; outside the image counts
+    as uncovered) is covered by some face. No silhouette of the rendered union lies within the blur radius of such
+    a pixel, even where a face's own contour edge does (a contour hidden behind a nearer surface)."""
+    reach = int(math.ceil(radius)) + 1
+    uncovered = (~covered).to(torch.float32)[:, None]
+    return F.max_pool2d(F.pad(uncovered, (reach,) * 4, value=1.0), 2 * reach + 1, stride=1)[:, 0] == 0
 
 
 def _soft_blend(frag, valid, colors, bg_rows, sigma: float, gamma: float, blend: str, zfar: float):

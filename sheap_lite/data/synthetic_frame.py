@@ -1,0 +1,144 @@
+"""From a posed head and its scene to finished frames: framing, per-pixel maps, shading, compositing.
+
+- Framing (`frame_translations`): the head's translation per frame such that the crop rule of real clips
+  (`crop.crop_box_from_mesh` on the projected 68 landmarks + mid-forehead point, smoothed over time as
+  `prepare_clip` smooths) maps exactly onto the image of the fixed camera (FOV 14.2539°, at 1 m). A real crop is a
+  zoomed window of a wider camera; here the head moves instead (a weak-perspective equivalent), so the stored K
+  and viewmat stay the fixed camera's and the ground-truth translation is what that camera needs to show the crop.
+- Maps (`render_maps`): head + hair + body + occluders as one mesh through `render.mesh.render_mesh` in hard mode
+  at k× the final size (supersampling), z-buffered; per pixel: alpha, material (`synthetic_scene.MATERIALS`;
+  back-facing head pixels, the inside of the mouth, are "mouth"), surface (rest position of the visible point),
+  normal, view, and the head-region mask.
+- Look: `synthetic_look` (sample_appearance, sample_lights, shade_frame) and `synthetic_camera`
+  (background_image, camera_effects).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .crop import CROP_SCALE, RAISE_FRAC, crop_box_from_mesh, smooth_boxes
+from .synthetic_scene import MATERIALS
+
+from .synthetic_camera import background_image, camera_effects  # noqa: F401  (re-exported for generate_clip)
+from .synthetic_look import sample_appearance, sample_lights, shade_frame  # noqa: F401
+
+
+def _project(points: np.ndarray, viewmat: np.ndarray, K: np.ndarray):
+    """World points (...,3) → (pixels (...,2), camera depth (...))."""
+    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+    return (cam @ K.T)[..., :2] / cam[..., 2:3], cam[..., 2]
+
+
+def frame_translations(points: np.ndarray, drift: np.ndarray, viewmat: np.ndarray, K: np.ndarray, size: int,
+                       smooth: int, crop_scale: float = CROP_SCALE, raise_frac: float = RAISE_FRAC,
+                       iterations: int = 6) -> np.ndarray:
+    """Head translations (T,3) (world metres) that frame the head like a real clip's crop.
+
+    points (T,N,3) the untranslated posed points the crop rule measures, drift (T,3) the head's natural motion in
+    the scene (metres), viewmat (4,4), K (3,3) the fixed camera, size the image side. The per-frame crop box of
+    the drifting head, smoothed over `smooth` frames either side, maps to the image (size/2, size/2, size): each frame's
+    own box lands where it lies inside that smoothed crop.
+    """
+    points, drift = np.asarray(points, np.float64), np.asarray(drift, np.float64)
+    viewmat, K = np.asarray(viewmat, np.float64), np.asarray(K, np.float64)
+    natural = drift - points.mean(1)  # the points' centroid at the drift from the world origin
+    boxes = np.stack([crop_box_from_mesh(_project(p + t, viewmat, K)[0], crop_scale, raise_frac)
+                      for p, t in zip(points, natural)])
+    crops = smooth_boxes(boxes, smooth)
+    zoom = size / crops[:, 2]
+    target = np.stack([size / 2 + (boxes[:, 0] - crops[:, 0]) * zoom, size / 2 + (boxes[:, 1] - crops[:, 1]) * zoom,
+                       boxes[:, 2] * zoom], 1)
+    rotation = viewmat[:3, :3]
+    focal = K[0, 0]
+    translation = natural.copy()
+    for _ in range(iterations):
+        for f in range(len(points)):
+            pixels, depth = _project(points[f] + translation[f], viewmat, K)
+            box = crop_box_from_mesh(pixels, crop_scale, raise_frac)
+            z = depth.mean()
+            z_new = z * box[2] / target[f, 2]  # size ∝ 1/depth
+            shift_cam = np.array([(target[f, 0] - box[0]) * z_new / focal, (target[f, 1] - box[1]) * z_new / focal,
+                                  z_new - z])
+            translation[f] += rotation.T @ shift_cam
+    return translation
+
+
+def head_face_materials(flame, rest: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per head face: (material (F,) "skin" or "eye", in_mask (F,) bool: part of the head region that real clips'
+    masks cover — face, forehead, skull — not the ears or the neck). rest (V,3) neutral vertices, landmarks
+    (68,3)."""
+    faces = flame.faces.numpy()
+    weights = flame.lbs_weights.numpy()
+    eye = (weights[:, 3] > 0.999) | (weights[:, 4] > 0.999)
+    material = np.where(eye[faces].all(1), MATERIALS["eye"], MATERIALS["skin"])
+    centre = rest[faces].mean(1)
+    chin = landmarks[8]
+    neck = (centre[:, 1] < chin[1] - 0.004) & (centre[:, 2] < chin[2] - 0.012)
+    neck |= centre[:, 1] < chin[1] - 0.02
+    ear_x = np.abs(landmarks[[0, 16], 0]).mean()
+    ear = ((np.abs(centre[:, 0]) > ear_x + 0.004) & (centre[:, 2] < landmarks[[0, 16], 2].mean() + 0.005)
+           & (centre[:, 1] < landmarks[17:27, 1].mean() + 0.01) & (centre[:, 1] > landmarks[[0, 16], 1].mean() - 0.04))
+    return material, ~(neck | ear)
+
+
+def eye_geometry(flame, rest_vertices: np.ndarray, rest_joints: np.ndarray) -> tuple[np.ndarray, float]:
+    """(eye centres (2,3) = the eye joints [left, right], eyeball radius in metres: the mean distance of the
+    vertices skinned entirely to an eye joint from it; 0.012 where the head has no eyeballs)."""
+    weights = flame.lbs_weights.numpy()
+    radii = [np.linalg.norm(rest_vertices[weights[:, j] > 0.999] - rest_joints[j], axis=1).mean()
+             for j in (3, 4) if (weights[:, j] > 0.999).any()]
+    return rest_joints[3:5], float(np.mean(radii)) if radii else 0.012
+
+
+def render_maps(head_vertices: torch.Tensor, head_rest: torch.Tensor, head_faces: torch.Tensor,
+                head_material: torch.Tensor, head_in_mask: torch.Tensor, scene: tuple | None, viewmat: torch.Tensor,
+                K: torch.Tensor, size: int, mask_hair_above: float, mode: str = "hard", **soft_options):
+    """Render head + scene at `size`² (hard visibility). head_vertices (T,V,3) posed, head_rest (V,3), head_faces
+    (F,3), head_material / head_in_mask (F,) per face; scene = `synthetic_scene.pose_scene`'s output or None;
+    viewmat (4,4), K (3,3) for this size; hair above rest height `mask_hair_above` counts as head for the mask;
+    mode / soft_options: `render_mesh`'s ("soft": soft alpha; material, normal and depth stay the visible face's).
+    → (maps {alpha, material, surface, normal, view}, head-region mask (T,1,H,W) float, depth (T,1,H,W))."""
+    from ..render.mesh import render_mesh
+
+    frames, n_head = head_vertices.shape[:2]
+    vertices, rest, faces = head_vertices, head_rest, head_faces
+    material, in_mask = head_material, head_in_mask
+    if scene is not None:
+        posed, scene_rest, scene_faces, scene_material, shown = scene
+        eye = -viewmat[:3, :3].T @ viewmat[:3, 3]
+        # objects hidden in a frame: their vertices at the camera centre, where the near plane culls their faces
+        hidden = torch.zeros(frames, posed.shape[1], dtype=torch.bool)
+        for f in range(frames):
+            hidden[f, scene_faces[~shown[f]].flatten()] = True
+        posed = torch.where(hidden[..., None], eye, posed)
+        vertices = torch.cat([head_vertices, posed], 1)
+        rest = torch.cat([head_rest, scene_rest])
+        faces = torch.cat([head_faces, scene_faces + n_head])
+        material = torch.cat([head_material, scene_material])
+        hair_mask = (scene_material == MATERIALS["hair"]) & (scene_rest[scene_faces].mean(1)[:, 1] > mask_hair_above)
+        in_mask = torch.cat([head_in_mask, hair_mask])
+    colours = torch.cat([rest.expand(frames, -1, 3), vertices], -1)  # rest position, world position
+    out = render_mesh(vertices, faces, viewmat.expand(frames, 4, 4), K.expand(frames, 3, 3), size, size,
+                      vertex_colors=colours, mode=mode, **(soft_options if mode == "soft" else {}))
+    hit = out.face_index >= 0
+    ids = out.face_index.clamp_min(0)
+    pixel_material = torch.where(hit, material[ids], 0)
+    from .synthetic import back_facing  # the inside of the head (an open mouth) seen from behind
+
+    inner = back_facing(head_vertices, head_faces, torch.where(out.face_index < len(head_faces), out.face_index, -1),
+                        viewmat)
+    pixel_material = torch.where(inner, MATERIALS["mouth"], pixel_material)
+    eye_pos = (-viewmat[:3, :3].T @ viewmat[:3, 3])[None, :, None, None]
+    view = F.normalize(eye_pos - out.rgb[:, 3:6], dim=1) * hit
+    maps = dict(alpha=out.alpha, material=pixel_material, surface=out.rgb[:, :3] * hit, normal=out.normal, view=view)
+    mask = (hit & in_mask[ids]).float()
+    return maps, mask, out.depth
+
+
+def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Area average (B,C,kH,kW) → (B,C,H,W)."""
+    return images if factor == 1 else F.avg_pool2d(images, factor)
+
