@@ -163,16 +163,16 @@ def test_synthetic_cli_ctrl_c_stops_at_once_and_says_how_to_resume(tmp_path):
     out = tmp_path / "syn"
     proc = subprocess.Popen(SYN + ["--out", str(out), "--clips", "200", "--workers", "2"], env=ENV, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    wait_for_clips(out, 1, proc)
+    wait_for_clips(out / "train", 1, proc)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "run the same command again" in err and "clip(s) not written" in err
     assert group_gone(proc.pid)
-    done = list_clips(out)
-    assert 1 <= len(done) < 200 and leftovers(out) == []
+    done = list_clips(out / "train")
+    assert 1 <= len(done) < 200 and leftovers(out / "train") == []
     time.sleep(1.0)
-    assert list_clips(out) == done  # nothing goes on writing
+    assert list_clips(out / "train") == done  # nothing goes on writing
 
 
 _WRITE_ONE = synthetic._write_one
@@ -194,20 +194,20 @@ def test_synthetic_killed_worker_and_killed_parent_end_cleanly_and_resume(tmp_pa
     err = capsys.readouterr().err
     assert stop.value.code == 1 and "killed by SIGKILL" in err and "while writing clip_000002" in err
     assert "clip_000002" in err.split("not written")[1] and "run the same command again" in err
-    assert not is_complete(out / "clip_000002") and leftovers(out) == [] and mp.active_children() == []
+    assert not is_complete(out / "train" / "clip_000002") and leftovers(out / "train") == [] and mp.active_children() == []
     monkeypatch.undo()
 
     # the parent killed: its workers end too, and a run started at once finishes the rest
     proc = subprocess.Popen(SYN + ["--out", str(out), "--clips", "200", "--workers", "2"], env=ENV, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    wait_for_clips(out, len(list_clips(out)) + 1, proc)
+    wait_for_clips(out / "train", len(list_clips(out / "train")) + 1, proc)
     proc.kill()
     proc.wait()
     assert group_gone(proc.pid)
-    assert synthetic.main(argv + ["--clips", "6"])["written"] >= 1
-    assert [p.name for p in list_clips(out)][:6] == [f"clip_{i:06d}" for i in range(6)]
-    assert all(load_clip(p).frames.shape == (2, 16, 16, 3) for p in list_clips(out))
-    assert [n for n in leftovers(out) if not n.endswith(".lock")] == []  # a killed writer's lock file may stay
+    assert synthetic.main(argv + ["--clips", "6"])["train"]["written"] >= 1
+    assert [p.name for p in list_clips(out / "train")][:6] == [f"clip_{i:06d}" for i in range(6)]
+    assert all(load_clip(p).frames.shape == (2, 16, 16, 3) for p in list_clips(out / "train"))
+    assert [n for n in leftovers(out / "train") if not n.endswith(".lock")] == []  # a killed writer's lock file may stay
 
 
 def test_synthetic_resume_with_other_settings_is_refused(tmp_path, capsys):
@@ -224,7 +224,7 @@ def test_synthetic_resume_with_other_settings_is_refused(tmp_path, capsys):
             run(**{flag: value})
         assert stop.value.code == 2 and named in capsys.readouterr().err
     assert sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
-    assert run()["skipped"] == 1
+    assert run()["train"]["skipped"] == 1
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -25,7 +25,7 @@ def pristine(tmp_path_factory):
     out = tmp_path_factory.mktemp("faults") / "clips"
     synthetic_main(["--out", str(out), "--preset", "ci", "--clips", "2", "--frames", "3", "--size", "32",
                     "--workers", "1", "--quiet"])
-    return out
+    return out / "train"
 
 
 @pytest.fixture
