@@ -486,7 +486,8 @@ def main(argv: list[str] | None = None) -> dict:
         per_clip = summary["seconds"] / max(summary["written"], 1)
         print(f"synthetic {name}: {summary['written']} clips written, {summary['skipped']} already complete, "
               f"{config.frames} frames of {config.size}x{config.size} px each, {summary['workers']} worker(s), "
-              f"{summary['seconds']:.1f} s ({per_clip:.2f} s per written clip) -> {Path(args.out) / name}")
+              f"{summary['seconds']:.1f} s ({per_clip:.2f} s per written clip) -> "
+              f"{Path(args.out) / (name if name == 'train' else f'benchmark/{name}')}")
     return summaries
 
 
