@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..camera import DEFAULT_FOV_DEG, intrinsics, look_at_viewmat
 from .crop import CROP_SCALE, RAISE_FRAC, crop_box_from_mesh, smooth_boxes
 from .synthetic_scene import MATERIALS
 
@@ -126,8 +127,6 @@ def render_maps(head_vertices: torch.Tensor, head_rest: torch.Tensor, head_faces
     hit = out.face_index >= 0
     ids = out.face_index.clamp_min(0)
     pixel_material = torch.where(hit, material[ids], 0)
-    from .synthetic import back_facing  # the inside of the head (an open mouth) seen from behind
-
     inner = back_facing(head_vertices, head_faces, torch.where(out.face_index < len(head_faces), out.face_index, -1),
                         viewmat)
     pixel_material = torch.where(inner, MATERIALS["mouth"], pixel_material)
@@ -142,3 +141,75 @@ def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
     """Area average (B,C,kH,kW) → (B,C,H,W)."""
     return images if factor == 1 else F.avg_pool2d(images, factor)
 
+
+def render_frames(flame, shape, expression, pose, eyelids, translation, size: int, albedo=None, sh=None,
+                  mode: str = "hard", fov_deg: float = DEFAULT_FOV_DEG, distance: float = 1.0, **soft_options):
+    """Pose the head and render it with the mesh renderer at size×size (background 0, premultiplied colour).
+
+    shape (S,) or (T,S), expression (T,E), pose (T,5,3), eyelids (T,2), translation (T,3), albedo (V,3) or None
+    (white), sh (T,9,3) or None (unlit albedo), soft_options (sigma, faces_per_pixel) for mode "soft".
+    Returns (FlameOutput, MeshRenderOutput, viewmat (4,4), K (3,3)).
+    """
+    from ..render.mesh import render_mesh
+
+    as_t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
+    expression, pose, eyelids, translation = map(as_t, (expression, pose, eyelids, translation))
+    n = expression.shape[0]
+    shape = as_t(shape)
+    shape = shape.expand(n, -1) if shape.ndim == 1 else shape
+    out = flame(shape=shape, expression=expression, pose=pose, eyelids=eyelids, translation=translation)
+    K = intrinsics(size, size, fov_deg)
+    viewmat = look_at_viewmat(distance)
+    colours = as_t(albedo if albedo is not None else np.ones((flame.v_template.shape[0], 3)))
+    rendered = render_mesh(out.vertices, flame.faces, viewmat.expand(n, 4, 4), K.expand(n, 3, 3), size, size,
+                           vertex_colors=colours.expand(n, -1, 3), sh=None if sh is None else as_t(sh),
+                           backgrounds=torch.zeros(n, 3), mode=mode, **(soft_options if mode == "soft" else {}))
+    return out, rendered, viewmat, K
+
+
+def back_facing(vertices: torch.Tensor, faces: torch.Tensor, face_index: torch.Tensor,
+                viewmat: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) bool: the pixel shows a face from behind (the inside of the head, e.g. through an open mouth).
+    vertices (B,V,3) posed, faces (F,3) counter-clockwise seen from outside, face_index (B,1,H,W) (−1 = none)."""
+    corners = vertices[:, faces]  # (B,F,3,3)
+    normal = torch.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
+    eye = -viewmat[:3, :3].T @ viewmat[:3, 3]  # camera centre in the world
+    away = (normal * (eye - corners.mean(2))).sum(-1) < 0  # (B,F)
+    ids = face_index[:, 0].clamp_min(0)
+    hit = torch.gather(away, 1, ids.flatten(1)).reshape(ids.shape)
+    return (hit & (face_index[:, 0] >= 0))[:, None]
+
+
+def landmark_visibility(pixels: torch.Tensor, depth: torch.Tensor, rendered_depth: torch.Tensor,
+                        rendered_alpha: torch.Tensor, tolerance: float = 0.01) -> torch.Tensor:
+    """Which landmarks are visible (B,L) bool: inside the image, in front of the camera, and not behind the
+    rendered surface at their pixel by more than `tolerance` (metres). A landmark whose pixel is background
+    (alpha < 0.5: it sits on the silhouette) counts as visible.
+
+    pixels (B,L,2), depth (B,L) camera z, rendered_depth / rendered_alpha (B,1,H,W)."""
+    b, _, h, w = rendered_depth.shape
+    x, y = pixels[..., 0], pixels[..., 1]
+    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h) & (depth > 0)
+    ix, iy = x.floor().long().clamp(0, w - 1), y.floor().long().clamp(0, h - 1)
+    batch = torch.arange(b)[:, None].expand_as(ix)
+    surface = rendered_depth[batch, 0, iy, ix]
+    covered = rendered_alpha[batch, 0, iy, ix] >= 0.5
+    return inside & (~covered | (depth <= surface + tolerance))
+
+
+def lights_sh(lights) -> torch.Tensor:
+    """The clip's lights as one SH radiance (9,3) (`gaussians.sh_irradiance` order): the ambient SH plus each
+    directional light's SH projection. The ground truth "sh" of a clip: the frames' order-2 Lambertian lighting
+    (they also hold specular and soft wrap light, which no SH order 2 describes)."""
+    from ..gaussians import sh_from_directional_light
+
+    return lights.sh + sh_from_directional_light(lights.directions, lights.colours).sum(0)
+
+
+def face_points(flame, out, viewmat: torch.Tensor) -> torch.Tensor:
+    """The 68 landmarks (T,68,3) that clips store and the crop rule measures: the static embedding, with the jaw
+    contour 0-16 on the silhouette seen from `viewmat` (4,4) (`contour.contour_landmarks`), as a 2D detector
+    marks it."""
+    from ..contour import contour_landmarks
+
+    return contour_landmarks(flame, out.vertices, viewmat)
