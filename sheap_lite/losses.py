@@ -113,9 +113,9 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tenso
     if not image_size > 0:
         raise ValueError(f"{fn}: image_size must be > 0 (pixels), got {image_size!r}")
     weight = visible.to(pred.dtype)
-    d2 = ((pred - target) / image_size).square().sum(-1)
     # invisible points may hold anything (NaN, off-image): keep them out of the forward AND backward pass
-    d2 = torch.where(weight > 0, d2, torch.zeros_like(d2))
+    diff = torch.where(weight[..., None] > 0, pred - target, torch.zeros_like(pred))
+    d2 = (diff / image_size).square().sum(-1)
     cost = (d2 + LANDMARK_DELTA ** 2).sqrt() - LANDMARK_DELTA
     return (weight * cost).sum() / weight.sum().clamp_min(1.0)
 
