@@ -1,9 +1,10 @@
 """The reanimation losses: each term a function returning a scalar, and `reanimation_losses` that sums them.
 
 SHeaP learns from 2D alone: the render of the re-posed head is compared with the target frame (photometric
-L1 + D-SSIM), guided a little by 2D landmarks, and held in shape by regularisers (FLAME parameter priors, surfel
-offset/scale) and geometry terms that tie the surfels to the mesh (surfel normal vs its triangle's normal,
-rendered depth vs mesh depth, the mesh's pixels painted) and make the splats a surface (2DGS normal consistency, depth distortion).
+L1 + D-SSIM), guided a little by 2D landmarks, and held in shape by regularisers (FLAME parameter priors,
+surfel offset/scale) and geometry terms that tie the surfels to the mesh (surfel normal vs its triangle's normal,
+rendered depth vs mesh depth, the mesh's pixels painted) and make the splats a surface (2DGS normal
+consistency, depth distortion).
 Units: images in [0,1]; depths in metres (camera 1 m from a ~0.2 m head); landmarks in pixels, the loss in
 units of the image size; surfel offsets and scales in units of their triangle's scale k. Every weight, its
 reason and its source: `LossWeights` below and `docs/losses.md`.
@@ -20,8 +21,8 @@ from pytorch_msssim import ssim
 from .geometry import axis_angle_to_matrix
 
 __all__ = ["LossWeights", "TERMS", "photometric_l1", "dssim", "landmark_loss", "parameter_priors",
-           "surfel_offset_loss", "surfel_scale_loss", "surfel_normal_loss", "mesh_depth_loss", "mesh_coverage_loss",
-           "normal_consistency_loss", "depth_distortion_loss", "reanimation_losses"]
+           "surfel_offset_loss", "surfel_scale_loss", "surfel_normal_loss", "mesh_depth_loss",
+           "mesh_coverage_loss", "normal_consistency_loss", "depth_distortion_loss", "reanimation_losses"]
 
 
 @dataclass
