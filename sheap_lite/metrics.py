@@ -256,7 +256,7 @@ def crop_scan(scan_points, scan_landmarks7) -> torch.Tensor:
     return (points - centre).norm(dim=-1) <= radius
 
 
-def refine_similarity(scan_points, vertices, faces, iterations: int = 30, rtol: float = 1e-9,
+def refine_similarity(scan_points, vertices, faces, iterations: int = 50, rtol: float = 1e-6,
                       max_pairs: int = 1 << 18) -> Similarity:
     """The similarity T (near the identity) that moves the mesh (V,3) to minimise sum |scan_i - mesh|^2 over
     the scan points (P,3): ICP, i.e. closest points on the moved mesh -> `umeyama` to the scan -> repeat.
@@ -295,7 +295,7 @@ def error_summary(distances_mm) -> dict:
 
 
 def scan_to_mesh_errors(scan_points, scan_landmarks7, pred_vertices, faces, pred_landmarks7,
-                        mm_per_unit: float = 1000.0, refine_iterations: int = 30, max_pairs: int = 1 << 18) -> dict:
+                        mm_per_unit: float = 1000.0, refine_iterations: int = 50, max_pairs: int = 1 << 18) -> dict:
     """NoW's metric for one image.
 
     scan_points (P,3) and scan_landmarks7 (7,3) in metres (`mm_per_unit=1` for scans in mm, as NoW ships them);
