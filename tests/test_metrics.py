@@ -67,8 +67,7 @@ def test_umeyama_never_reflects_and_matches_scipy_kabsch():
     mirrored = source * np.array([-1.0, 1.0, 1.0]) + g.normal(0, 0.01, (30, 3))  # best orthogonal map: a reflection
     fit = M.umeyama(source, mirrored, with_scale=False)
     assert abs(float(torch.linalg.det(fit.rotation)) - 1) < 1e-12
-    centred = lambda x: x - x.mean(0)  # noqa: E731
-    want, _ = Rotation.align_vectors(centred(mirrored), centred(source))  # proper rotation by construction
+    want, _ = Rotation.align_vectors(mirrored - mirrored.mean(0), source - source.mean(0))  # always proper
     torch.testing.assert_close(fit.rotation, torch.from_numpy(want.as_matrix()), atol=1e-10, rtol=0)
     planar = np.c_[g.normal(size=(10, 2)), np.zeros(10)]  # rank-2 covariance: the sign must come from det(U)det(V)
     truth = _random_similarity(1, seed=3)
