@@ -220,6 +220,9 @@ def point_mesh_distance(points, vertices, faces, max_pairs: int = 1 << 18, prune
     if faces.shape[0] == 0:
         raise ValueError(f"{fn}: the mesh has no faces; pass the mesh's (F, 3) triangle indices.")
     lead = pts.shape[:-2]
+    if pts.numel() == 0:
+        no_face = torch.zeros(pts.shape[:-1], dtype=torch.long, device=pts.device)
+        return pts.new_zeros(pts.shape[:-1]), pts.clone(), no_face
     flat_pts = pts.reshape(-1, *pts.shape[-2:])
     flat_verts = verts.expand(*lead, *verts.shape[-2:]).reshape(-1, *verts.shape[-2:])
     dist, closest, face = [], [], []

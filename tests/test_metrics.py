@@ -153,6 +153,8 @@ def test_point_mesh_distance_batched_and_bad_inputs():
         torch.testing.assert_close(dist[k], M.point_mesh_distance(points[k], verts[k], faces)[0], atol=0, rtol=0)
     shared = M.point_mesh_distance(points, verts[0], faces)[0]
     torch.testing.assert_close(shared[1], M.point_mesh_distance(points[1], verts[0], faces)[0], atol=0, rtol=0)
+    empty = M.point_mesh_distance(points[:, :0], verts, faces)
+    assert [tuple(x.shape) for x in empty] == [(2, 0), (2, 0, 3), (2, 0)]
     with pytest.raises(ValueError, match="points"):
         M.point_mesh_distance(points[..., :2], verts, faces)
     with pytest.raises(ValueError, match="leading dims"):
