@@ -182,9 +182,9 @@ class GaussianHead(nn.Module):
             if any(v is None for v in (feature_map, image, pixels, facing)):
                 raise ValueError("GaussianHead('pixel'): needs feature_map, image, pixels and facing")
             height, width = image.shape[-2:]
-            grid = (pixels / pixels.new_tensor([width, height]) * 2.0 - 1.0)[:, :, None]  # (B,N,1,2)
-            sample = lambda m: F.grid_sample(m, grid, align_corners=False).squeeze(-1).transpose(1, 2)  # noqa: E731
-            x = torch.cat([x, sample(image), sample(feature_map), facing[..., None]], -1)
+            grid = (pixels / pixels.new_tensor([width, height]) * 2.0 - 1.0)[:, :, None].to(x)  # (B,N,1,2)
+            sample = lambda m: F.grid_sample(m.to(x), grid, align_corners=False)[..., 0].transpose(1, 2)  # noqa: E731
+            x = torch.cat([x, sample(image), sample(feature_map), facing[..., None].to(x)], -1)
         scale, shift = self.film(features)[:, None].chunk(2, -1)
         raw = self.base + self.out(F.silu(self.inner(x) * (1.0 + scale) + shift))
         offset, rotation, log_scale, opacity, albedo = raw.split((3, 4, 2, 1, 3), -1)

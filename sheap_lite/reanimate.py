@@ -24,7 +24,7 @@ Compositing (`composite`): the renderers draw over black (rgb premultiplied by a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,15 @@ __all__ = ["Reanimator", "Reanimation", "RENDERERS", "COMPOSITES"]
 
 RENDERERS = ("2dgs", "mesh")
 COMPOSITES = ("mask", "target", "none")
+
+
+def _full_precision(like: torch.Tensor):
+    """Autocast off on `like`'s device: FLAME, rigging and the renderers run in the model's dtype."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def _cast(local: SurfelLocal, dtype: torch.dtype) -> SurfelLocal:
+    return SurfelLocal(*(getattr(local, f.name).to(dtype) for f in fields(SurfelLocal)))
 
 
 @dataclass
@@ -143,35 +152,37 @@ class Reanimator(nn.Module):
                              "batch's target_mask, or composite='target' / 'none' (see the module docstring)")
         if source.shape != target.shape:
             raise ValueError(f"Reanimator: source {tuple(source.shape)} and target {tuple(target.shape)} differ")
-        batch, size = source.shape[0], source.shape[-1]
-        features, feature_map = self._encode(torch.cat([source, target]))
+        batch, size, dtype = source.shape[0], source.shape[-1], self.field.bary.dtype
+        features, feature_map = self._encode(torch.cat([source, target]))  # networks: under the caller's autocast
         flame_head = self.networks["flame_head"]
-        src, tgt = flame_head(features[:batch]), flame_head(features[batch:])
-        params = tgt.replace(shape=src.shape)
-        vertices = self.flame(params).vertices
-        viewmat, K = self.cameras(batch, size, vertices)
-        landmarks2d = project(contour_landmarks(self.flame, vertices, viewmat), viewmat, K)
-
+        src, tgt = flame_head(features[:batch]).to(dtype), flame_head(features[batch:]).to(dtype)
         pixels = facing = None
         if self.config.gaussian_head == "pixel":
-            pixels, facing = self._source_view(src, size, vertices)
+            with _full_precision(source):
+                pixels, facing = self._source_view(src, size, source.to(dtype))
         local, sh = self.networks["gaussian_head"](features[:batch], feature_map[:batch], source, pixels, facing)
-        mesh_depth = self.mesh_depth(vertices, size) if self.renderer == "2dgs" else None
-        if self.renderer == "2dgs":
-            surfels = self.field(vertices, local)
-            colours = shade(surfels.albedo, surfels.normals, sh)
-            options = self.render_options
-            if options is None:
-                options = {"tile_size": 4} if resolve_backend("auto", colours.device, colours.dtype) == "torch" else {}
-            render = render_2dgs(surfels.means, surfels.quats, surfels.scales, surfels.opacities, colours, viewmat,
-                                 K, size, size, **options)
-            normals = self.field.face_normals(vertices)
-        else:
-            albedo = self.field.to_vertices(local.albedo)
-            render = render_mesh(vertices, self.field.faces, viewmat, K, size, size, vertex_colors=albedo, sh=sh,
-                                 mode="soft")
-            local = surfels = normals = None
-        image = self._composite(render, target, target_mask, composite)
+        with _full_precision(source):  # geometry and rendering in the model's dtype, never bf16
+            local, sh = _cast(local, dtype), sh.to(dtype)
+            params = tgt.replace(shape=src.shape)
+            vertices = self.flame(params).vertices
+            viewmat, K = self.cameras(batch, size, vertices)
+            landmarks2d = project(contour_landmarks(self.flame, vertices, viewmat), viewmat, K)
+            mesh_depth = self.mesh_depth(vertices, size) if self.renderer == "2dgs" else None
+            if self.renderer == "2dgs":
+                surfels = self.field(vertices, local)
+                colours = shade(surfels.albedo, surfels.normals, sh)
+                options = self.render_options
+                if options is None:
+                    options = {"tile_size": 4} if resolve_backend("auto", colours.device, dtype) == "torch" else {}
+                render = render_2dgs(surfels.means, surfels.quats, surfels.scales, surfels.opacities, colours,
+                                     viewmat, K, size, size, **options)
+                normals = self.field.face_normals(vertices)
+            else:
+                albedo = self.field.to_vertices(local.albedo)
+                render = render_mesh(vertices, self.field.faces, viewmat, K, size, size, vertex_colors=albedo, sh=sh,
+                                     mode="soft")
+                local = surfels = normals = None
+            image = self._composite(render, target.to(dtype), target_mask, composite)
         return Reanimation(params=params, source=src, target=tgt, vertices=vertices, landmarks2d=landmarks2d,
                            local=local, surfels=surfels, face_normals=normals, sh=sh, render=render, image=image,
                            mesh_depth=mesh_depth)

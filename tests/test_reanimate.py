@@ -135,3 +135,12 @@ def test_flame_stays_out_of_parameters_and_state_dict(flame):
     assert {id(p) for p in model.parameters()} == {id(p) for p in model.networks.parameters()}
     model64 = _model(FLAME.builtin()).to(torch.float64)  # a separate FLAME: `.to` moves it along
     assert model64.flame.v_template.dtype == torch.float64 and model64.field.bary.dtype == torch.float64
+
+
+def test_bf16_autocast_keeps_geometry_and_rendering_in_float32(flame, batch, one_thread):
+    model = _model(flame)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = _step(model, batch)
+    assert r.image.dtype == torch.float32 and r.vertices.dtype == torch.float32 and torch.isfinite(r.image).all()
+    r.image.mean().backward()
+    assert torch.isfinite(model.networks["encoder"].net.head.weight.grad).all()
