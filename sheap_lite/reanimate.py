@@ -25,6 +25,7 @@ Compositing (`composite`): the renderers draw over black (rgb premultiplied by a
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from .camera import CameraConfig, project
 from .contour import contour_landmarks
 from .flame import FLAME
 from .gaussians import SurfelLocal, Surfels, shade
-from .networks import Encoder, FlameHead, GaussianHead, ModelConfig
+from .networks import ModelConfig, Networks
 from .params import FlameParams
 from .render import MeshRenderOutput, RenderOutput, render_2dgs, render_mesh, resolve_backend
 from .surfel_field import SurfelField
@@ -94,10 +95,18 @@ class Reanimator(nn.Module):
         self.n_shape = min(config.n_shape, flame.n_shape)
         self.n_expression = min(config.n_expression, flame.n_expression)
         self.field = SurfelField(flame.v_template.detach().float().cpu(), flame.faces.cpu(), config.surfels_per_face)
-        self.networks = nn.ModuleDict(dict(
-            encoder=Encoder(config), flame_head=FlameHead(config.feature_dim, self.n_shape, self.n_expression),
-            gaussian_head=GaussianHead(config, self.field.binding)))
+        self.networks = Networks(config, self.field.binding, self.n_shape, self.n_expression)
+        self._run_networks = (self.networks,)  # or its DDP wrapper (wrap_networks)
         self.field.to(flame.v_template.device)
+
+    def wrap_networks(self, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+        """Run the networks through `wrap(self.networks)` from now on, e.g.
+        `model.wrap_networks(lambda n: DistributedDataParallel(n))`: DDP sees the networks' one forward per step
+        (and syncs their gradients), not FLAME or the binding. Parameters and `state_dict` stay `self.networks`'.
+        Returns the wrapper."""
+        wrapper = wrap(self.networks)
+        self._run_networks = (wrapper,)
+        return wrapper
 
     @property
     def flame(self) -> FLAME:
@@ -112,15 +121,12 @@ class Reanimator(nn.Module):
         return (self.camera.viewmat(batch, dtype=like.dtype, device=like.device),
                 self.camera.intrinsics(size, size, batch, dtype=like.dtype, device=like.device))
 
-    def _encode(self, images: torch.Tensor):
-        if images.dim() != 4 or images.shape[1] != 3 or images.shape[-1] != images.shape[-2]:
-            raise ValueError(f"Reanimator: images must be square (B,3,S,S) in [0,1], got {tuple(images.shape)}")
-        return self.networks["encoder"](images)
-
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> FlameParams:
         """Inference: FLAME parameters (identity and pose) of each image (B,3,S,S), pose as matrices."""
-        features, _ = self._encode(images)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"Reanimator.predict: images must be (B,3,S,S) in [0,1], got {tuple(images.shape)}")
+        features, _ = self.networks["encoder"](images)
         return self.networks["flame_head"](features)
 
     def _source_view(self, source: FlameParams, size: int, like: torch.Tensor):
@@ -153,14 +159,16 @@ class Reanimator(nn.Module):
         if source.shape != target.shape:
             raise ValueError(f"Reanimator: source {tuple(source.shape)} and target {tuple(target.shape)} differ")
         batch, size, dtype = source.shape[0], source.shape[-1], self.field.bary.dtype
-        features, feature_map = self._encode(torch.cat([source, target]))  # networks: under the caller's autocast
-        flame_head = self.networks["flame_head"]
-        src, tgt = flame_head(features[:batch]).to(dtype), flame_head(features[batch:]).to(dtype)
-        pixels = facing = None
-        if self.config.gaussian_head == "pixel":
+        if source.dim() != 4 or source.shape[1] != 3 or size != source.shape[-2]:
+            raise ValueError(f"Reanimator: images must be square (B,3,S,S) in [0,1], got {tuple(source.shape)}")
+
+        def source_view(src: FlameParams):
             with _full_precision(source):
-                pixels, facing = self._source_view(src, size, source.to(dtype))
-        local, sh = self.networks["gaussian_head"](features[:batch], feature_map[:batch], source, pixels, facing)
+                return self._source_view(src.to(dtype), size, source.to(dtype))
+
+        # the networks run under the caller's autocast (bf16 on CUDA), in one call (what DDP wraps)
+        src, tgt, local, sh = self._run_networks[0](source, target, source_view)
+        src, tgt = src.to(dtype), tgt.to(dtype)
         with _full_precision(source):  # geometry and rendering in the model's dtype, never bf16
             local, sh = _cast(local, dtype), sh.to(dtype)
             params = tgt.replace(shape=src.shape)

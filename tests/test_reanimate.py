@@ -144,3 +144,26 @@ def test_bf16_autocast_keeps_geometry_and_rendering_in_float32(flame, batch, one
     assert r.image.dtype == torch.float32 and r.vertices.dtype == torch.float32 and torch.isfinite(r.image).all()
     r.image.mean().backward()
     assert torch.isfinite(model.networks["encoder"].net.head.weight.grad).all()
+
+
+def test_ddp_wraps_the_networks_only(flame, batch, tmp_path, one_thread):
+    """One-process gloo DDP around `networks`: two steps run (DDP sees one forward per backward, every parameter
+    used) and the gradients equal the plain model's."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    plain, wrapped = _model(flame), _model(flame)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        ddp = wrapped.wrap_networks(lambda networks: DistributedDataParallel(networks))
+        assert ddp.module is wrapped.networks
+        for _ in range(2):
+            for model in (plain, wrapped):
+                model.zero_grad()
+                r = _step(model, batch)
+                (r.image - batch["target_image"]).abs().mean().backward()
+    finally:
+        dist.destroy_process_group()
+    for (name, p), q in zip(plain.networks.named_parameters(), wrapped.networks.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    assert set(wrapped.networks.state_dict()) == set(plain.networks.state_dict())
