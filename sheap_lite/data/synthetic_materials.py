@@ -158,10 +158,12 @@ def skin(p: torch.Tensor, app) -> MaterialSample:
 
 
 def _brows_and_lashes(p: torch.Tensor, app, albedo: torch.Tensor) -> None:
-    """Paint brows (strand-noise bands along landmarks 17-21 / 22-26) and lash lines into albedo (N,3), in place."""
+    """Paint brows and lash lines into albedo (N,3), in place. A brow is a strand-noise band hanging below
+    landmarks 17-21 / 22-26 (its upper edge on them, as iBUG marks it), thicker towards the nose."""
     lm = app.landmarks
+    drop = 0.5 * app.brow_thickness * (0.5 + 0.5 * torch.linspace(0.0, 1.0, 5))  # half the band at each point
     for brow, tilt in ((list(range(17, 22)), 0.3), (list(range(26, 21, -1)), -0.3)):  # outer end first
-        line = lm[brow] + torch.tensor([0.0, 0.002, 0.0])
+        line = lm[brow] - drop[:, None] * torch.tensor([0.0, 1.0, 0.0])
         near = _near(p, line, 0.012) & (p[:, 2] > lm[brow, 2].min() - 0.015)
         if not near.any():
             continue
