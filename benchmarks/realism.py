@@ -179,10 +179,9 @@ def table(result: dict) -> str:
     return "\n".join([head, rule, row])
 
 
-def read_clips(root: Path, max_frames: int | None) -> dict:
-    """Frames, landmarks, visibility and yaw (NaN where a clip has no pose) of the clips under `root` (any depth),
-    at most `max_frames` in all, spread evenly over each clip."""
-    from sheap_lite.data.clip_format import list_clips, load_clip
+def clip_folders(root: Path) -> list[Path]:
+    """The complete clip folders under `root` (any depth), sorted."""
+    from sheap_lite.data.clip_format import list_clips
 
     folders, pending = [], [Path(root)]
     while pending:
@@ -190,11 +189,20 @@ def read_clips(root: Path, max_frames: int | None) -> dict:
         clips = list_clips(folder)
         folders += clips
         pending += sorted(p for p in folder.iterdir() if p.is_dir() and p not in clips)
+    return sorted(folders)
+
+
+def read_clips(root: Path, max_frames: int | None) -> dict:
+    """Frames, landmarks, visibility and yaw (NaN where a clip has no pose) of the clips under `root` (any depth),
+    at most `max_frames` in all, spread evenly over each clip."""
+    from sheap_lite.data.clip_format import load_clip
+
+    folders = clip_folders(root)
     if not folders:
         raise ValueError(f"no complete clips under {root}: point --data at a folder made by sheap_lite's writers")
     per_clip = None if max_frames is None else max(1, -(-max_frames // len(folders)))
     parts = {"frames": [], "landmarks": [], "visible": [], "yaw": []}
-    for folder in sorted(folders):
+    for folder in folders:
         clip = load_clip(folder)
         pick = np.arange(len(clip.frames))
         if per_clip is not None:
