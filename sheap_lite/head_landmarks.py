@@ -6,8 +6,8 @@ anny's facial actions, which mark the moving parts of the face:
 - eyes (36–47): the eyelid margin is the ring of skin closest to the eye axis in front of the eyeball;
   corners are its extreme x, lid points sit at 1/3 and 2/3 of the corner-to-corner span.
 - brows (17–26): along the line of the skin `browDown*` moves, from the brow's head (above the eye's inner corner,
-  0.7 of its distance from the midline) to its outer end; the painted brows (`synthetic_materials`) hang below
-  this line, as iBUG marks a brow's upper edge.
+  0.7 of its distance from the midline) to its outer end, spaced as in the mean iBUG shape; the painted brows
+  (`synthetic_materials`) hang below this line, as iBUG marks a brow's upper edge.
 - nose (27–35): on the midline (the bridge down to the most forward tip; 33 the nose's lower border, where the
   columella faces most downwards), alar bases (31, 35) and nostrils (32, 34) beside it.
 - mouth (48–67): `jawOpen` moves the lower lip and not the upper one, so the mouth line is where that motion
@@ -27,6 +27,11 @@ import torch
 
 from .contour import build_contour_curves, occluding_contour
 from .geometry import barycentric_interpolate, vertex_normals
+
+
+# where iBUG's five brow points lie along a brow, from its outer end (0) to its head (1): the mean 68-point shape
+# of dlib's iBUG-trained predictor has gaps of 0.20, 0.27, 0.28, 0.26 of the brow's width (the outer one shortest)
+BROW_SPACING = np.array([0.0, 0.196, 0.463, 0.740, 1.0])
 
 
 def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -72,12 +77,13 @@ def _eye(v, skin, centre, radius, blink_motion: np.ndarray) -> list[int]:
 
 def _brow(v, front, moved, side: int, inner_x: float) -> list[int]:
     """Five points along one brow (sorted by x), from `inner_x` (its head, |x|) to the outer end of the skin that
-    `browDown*` moves (`moved` (V,)), evenly in x; in each vertical slab the vertex nearest the height of the
-    motion's centroid (the brow's line; the single most-moved vertex dips into the glabella at the brow's head)."""
+    `browDown*` moves (`moved` (V,)), spaced in x as in the mean iBUG shape (`BROW_SPACING`); in each vertical slab
+    the vertex nearest the height of the motion's centroid (the brow's line; the single most-moved vertex dips into
+    the glabella at the brow's head)."""
     region = front[(moved[front] > 0.5 * moved[front].max()) & (np.sign(v[front, 0]) == side)]
     outer = np.quantile(np.abs(v[region, 0]), 0.92)
     picks = []
-    for x in np.sort(side * np.linspace(inner_x, outer, 5)):
+    for x in np.sort(side * (outer + BROW_SPACING * (inner_x - outer))):
         slab = region[np.abs(v[region, 0] - x) < 0.004]
         y = float((v[slab, 1] * moved[slab]).sum() / moved[slab].sum())
         picks.append(_nearest(v, slab, np.array([x, y])))
