@@ -42,22 +42,20 @@ def yaw_degrees(pose: np.ndarray) -> np.ndarray:
 def detect(frames: np.ndarray, landmarker=None, size: int = 224) -> list[np.ndarray | None]:
     """Detected 68 iBUG points (68,2) per frame (N,S,S,3) uint8, in the frame's pixels, or None (no face).
 
-    As `prepare_clip` does on a frame without tracking: Haar boxes, the largest one's mesh, kept when its face score
-    is > 0.5. Frames smaller than `size` are upsampled (bilinear) first. `landmarker`: a `FaceLandmarker` (made
-    here when None) or anything with its `detect` / `landmarks` methods."""
+    As `prepare_clip` does on a frame without tracking (`face_landmarks.find_face`): Haar boxes, largest first, the
+    first whose mesh has a face score > 0.5. Frames smaller than `size` are upsampled (bilinear) first.
+    `landmarker`: a `FaceLandmarker` (made here when None) or anything with its `detect` / `landmarks` methods."""
     import cv2
 
-    if landmarker is None:
-        from sheap_lite.data.face_landmarks import FaceLandmarker
+    from sheap_lite.data.face_landmarks import FaceLandmarker, find_face
 
-        landmarker = FaceLandmarker()
+    landmarker = FaceLandmarker() if landmarker is None else landmarker
     found = []
     for frame in np.asarray(frames):
         scale = max(1.0, size / max(frame.shape[:2]))
         image = frame if scale == 1.0 else cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-        boxes = landmarker.detect(image)
-        result = landmarker.landmarks(image, boxes[0]) if boxes else None
-        found.append(None if result is None or result.score <= 0.5 else result.landmarks68 / scale)
+        result = find_face(landmarker, image)
+        found.append(None if result is None else result.landmarks68 / scale)
     return found
 
 
@@ -181,10 +179,9 @@ def table(result: dict) -> str:
     return "\n".join([head, rule, row])
 
 
-def read_clips(root: Path, max_frames: int | None) -> dict:
-    """Frames, landmarks, visibility and yaw (NaN where a clip has no pose) of the clips under `root` (any depth),
-    at most `max_frames` in all, spread evenly over each clip."""
-    from sheap_lite.data.clip_format import list_clips, load_clip
+def clip_folders(root: Path) -> list[Path]:
+    """The complete clip folders under `root` (any depth), sorted."""
+    from sheap_lite.data.clip_format import list_clips
 
     folders, pending = [], [Path(root)]
     while pending:
@@ -192,11 +189,20 @@ def read_clips(root: Path, max_frames: int | None) -> dict:
         clips = list_clips(folder)
         folders += clips
         pending += sorted(p for p in folder.iterdir() if p.is_dir() and p not in clips)
+    return sorted(folders)
+
+
+def read_clips(root: Path, max_frames: int | None) -> dict:
+    """Frames, landmarks, visibility and yaw (NaN where a clip has no pose) of the clips under `root` (any depth),
+    at most `max_frames` in all, spread evenly over each clip."""
+    from sheap_lite.data.clip_format import load_clip
+
+    folders = clip_folders(root)
     if not folders:
         raise ValueError(f"no complete clips under {root}: point --data at a folder made by sheap_lite's writers")
     per_clip = None if max_frames is None else max(1, -(-max_frames // len(folders)))
     parts = {"frames": [], "landmarks": [], "visible": [], "yaw": []}
-    for folder in sorted(folders):
+    for folder in folders:
         clip = load_clip(folder)
         pick = np.arange(len(clip.frames))
         if per_clip is not None:

@@ -5,9 +5,11 @@ neutral mesh (FLAME frame: +x the subject's left = the image's right, +y up, +z 
 anny's facial actions, which mark the moving parts of the face:
 - eyes (36–47): the eyelid margin is the ring of skin closest to the eye axis in front of the eyeball;
   corners are its extreme x, lid points sit at 1/3 and 2/3 of the corner-to-corner span.
-- brows (17–26): along each brow, where `browDown*` moves the skin most.
-- nose (27–35): on the midline (the bridge down to the most forward tip, the subnasale is the deepest point
-  below it), nostril bases beside it.
+- brows (17–26): along the line of the skin `browDown*` moves, from the brow's head (above the eye's inner corner,
+  0.7 of its distance from the midline) to its outer end, spaced as in the mean iBUG shape; the painted brows
+  (`synthetic_materials`) hang below this line, as iBUG marks a brow's upper edge.
+- nose (27–35): on the midline (the bridge down to the most forward tip; 33 the nose's lower border, where the
+  columella faces most downwards), alar bases (31, 35) and nostrils (32, 34) beside it.
 - mouth (48–67): `jawOpen` moves the lower lip and not the upper one, so the mouth line is where that motion
   jumps between neighbouring vertices; the outer lip contours bound the regions `mouthRollUpper/Lower` move.
 - jaw (0–16): the frontal outline (the face's edge in front of the ear or the neck), on rays from below the nose
@@ -25,6 +27,11 @@ import torch
 
 from .contour import build_contour_curves, occluding_contour
 from .geometry import barycentric_interpolate, vertex_normals
+
+
+# where iBUG's five brow points lie along a brow, from its outer end (0) to its head (1): the mean 68-point shape
+# of dlib's iBUG-trained predictor has gaps of 0.20, 0.27, 0.28, 0.26 of the brow's width (the outer one shortest)
+BROW_SPACING = np.array([0.0, 0.196, 0.463, 0.740, 1.0])
 
 
 def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -68,14 +75,18 @@ def _eye(v, skin, centre, radius, blink_motion: np.ndarray) -> list[int]:
     return [left, upper[0], upper[1], right, lower[1], lower[0]]
 
 
-def _brow(v, front, moved, side: int) -> list[int]:
-    """Five points along one brow (sorted by x): the most-moved vertex in five vertical slabs."""
+def _brow(v, front, moved, side: int, inner_x: float) -> list[int]:
+    """Five points along one brow (sorted by x), from `inner_x` (its head, |x|) to the outer end of the skin that
+    `browDown*` moves (`moved` (V,)), spaced in x as in the mean iBUG shape (`BROW_SPACING`); in each vertical slab
+    the vertex nearest the height of the motion's centroid (the brow's line; the single most-moved vertex dips into
+    the glabella at the brow's head)."""
     region = front[(moved[front] > 0.5 * moved[front].max()) & (np.sign(v[front, 0]) == side)]
-    xs = np.linspace(*np.quantile(v[region, 0], [0.08, 0.92]), 5)
+    outer = np.quantile(np.abs(v[region, 0]), 0.92)
     picks = []
-    for x in xs:
+    for x in np.sort(side * (outer + BROW_SPACING * (inner_x - outer))):
         slab = region[np.abs(v[region, 0] - x) < 0.004]
-        picks.append(int(slab[moved[slab].argmax()]))
+        y = float((v[slab, 1] * moved[slab]).sum() / moved[slab].sum())
+        picks.append(_nearest(v, slab, np.array([x, y])))
     return picks
 
 
@@ -155,7 +166,10 @@ def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: d
 
     right_eye = _eye(v, skin, centres[0], radius, actions["eyeBlinkRight"])
     left_eye = _eye(v, skin, centres[1], radius, actions["eyeBlinkLeft"])
-    brows = _brow(v, front, moved["browDownRight"], -1) + _brow(v, front, moved["browDownLeft"], +1)
+    # a brow's head sits above the eye's inner corner, 0.7 of its distance from the midline (as detectors put it)
+    brow_head_x = 0.7 * abs(v[right_eye[3], 0])
+    brows = (_brow(v, front, moved["browDownRight"], -1, brow_head_x)
+             + _brow(v, front, moved["browDownLeft"], +1, brow_head_x))
 
     # mouth: jawOpen moves the lower lip and hardly the upper one; the mouth line lies between them
     jaw_motion = moved["jawOpen"] / moved["jawOpen"].max()
@@ -191,19 +205,24 @@ def pick_ibug68(vertices: np.ndarray, faces: np.ndarray, n_skin: int, actions: d
     tip = int(band[v[band, 2].argmax()])
     nasion = _nearest(v, midline, np.array([0.0, upper_lid_y]))
     bridge = [nasion] + [_nearest(v, midline, v[nasion, :2] + t * (v[tip, :2] - v[nasion, :2])) for t in (1 / 3, 2 / 3)]
-    # the deepest *visible* midline point below the tip: not inside a nostril
+    # the nose's lower border on the midline, as seen from the front: the visible midline point below the tip
+    # whose surface faces most downwards (the columella's underside), not the lip junction behind it
     below = seen[(np.abs(v[seen, 0]) < 0.002) & (v[seen, 1] < v[tip, 1]) & (v[seen, 1] > v[outer_upper[2], 1])]
-    subnasale = int(below[v[below, 2].argmin()])
-    inner_corner_x = v[right_eye[3], 0]
+    subnasale = int(below[normals[below, 1].argmin()])
+    inner_corner_x = abs(v[right_eye[3], 0])
     base_y = v[subnasale, 1] + 0.3 * (v[tip, 1] - v[subnasale, 1])
-    nostrils = []
-    for t in (-0.6, -0.3, 0.0, 0.3, 0.6):
+    nostrils = []  # alar bases (31, 35) at 0.8 of the inner eye corners' x, nostrils (32, 34) at 0.35
+    for t in (-0.8, -0.35, 0.0, 0.35, 0.8):
         if t == 0.0:
             nostrils.append(subnasale)
             continue
         y = base_y if abs(t) > 0.5 else (base_y + v[subnasale, 1]) / 2
-        slab = front[np.linalg.norm(v[front, :2] - [abs(inner_corner_x) * t, y], axis=1) < 0.004]
-        nostrils.append(int(slab[v[slab, 2].argmax()]))
+        target = np.array([inner_corner_x * t, y])
+        near = seen[np.linalg.norm(v[seen, :2] - target, axis=1) < 0.006]
+        # not tucked under the nose: within 4 mm of the frontmost seen skin 3 mm around it
+        unhidden = [i for i in near if v[i, 2] > v[seen[np.linalg.norm(v[seen, :2] - v[i, :2], axis=1) < 0.003],
+                                                   2].max() - 0.004]
+        nostrils.append(_nearest(v, np.array(unhidden), target))
 
     lower_lid_y = np.mean([v[i, 1] for i in right_eye[4:] + left_eye[4:]])
     jaw = _jaw(v, seen, np.array([0.0, v[subnasale, 1], 0.0]), lower_lid_y, normals[:, 2] > 0.5)

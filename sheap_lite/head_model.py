@@ -35,7 +35,7 @@ import torch
 
 from .flame_data import FLAME_PARENTS, FlameModelData
 
-CACHE_VERSION = 6  # bump whenever the derivation changes
+CACHE_VERSION = 7  # bump whenever the derivation changes
 N_IDENTITY_SAMPLES = 1500
 N_SHAPE = 100
 

@@ -47,8 +47,8 @@ def head_colors(flame) -> np.ndarray:
     weights = _np(flame.lbs_weights)
     rest = flame()
     centres = _np(rest.joints[0])
-    if flame.n_landmarks == 68:  # eyebrows: darker hair along iBUG 17–21 and 22–26, soft-edged (σ = 3 mm)
-        brows = _np(rest.landmarks[0])
+    if flame.n_landmarks == 68:  # eyebrows: darker hair below iBUG 17–21 and 22–26 (their upper edge), σ = 3 mm
+        brows = _np(rest.landmarks[0]) - [0.0, 0.004, 0.0]
         ends = [(brows[i], brows[i + 1]) for i in (*range(17, 21), *range(22, 26))]
         dist = np.min([_segment_distance(template, a, b) for a, b in ends], axis=0)
         hair = 0.8 * np.exp(-0.5 * (dist / 0.003) ** 2)[:, None] * (weights[:, 3:].sum(1) < 0.5)[:, None]

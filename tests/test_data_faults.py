@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import sheap_lite.data.synthetic as synthetic
+import sheap_lite.data.synthetic_write as synthetic_write
 from sheap_lite.data.clip_format import ClipBusyError, clip_lock, is_complete, list_clips, load_clip, write_clip
 from sheap_lite.data.clips import ClipReport
 from sheap_lite.data.jobs import SettingsMismatch, claim_settings, run_jobs
@@ -175,7 +176,7 @@ def test_synthetic_cli_ctrl_c_stops_at_once_and_says_how_to_resume(tmp_path):
     assert list_clips(out / "train") == done  # nothing goes on writing
 
 
-_WRITE_ONE = synthetic._write_one
+_WRITE_ONE = synthetic_write._write_one
 
 
 def _write_or_die(job):
@@ -187,7 +188,7 @@ def _write_or_die(job):
 
 def test_synthetic_killed_worker_and_killed_parent_end_cleanly_and_resume(tmp_path, monkeypatch, capsys):
     out = tmp_path / "syn"
-    monkeypatch.setattr(synthetic, "_write_one", _write_or_die)
+    monkeypatch.setattr(synthetic_write, "_write_one", _write_or_die)
     argv = ["--preset", "ci", "--frames", "2", "--size", "16", "--quiet", "--out", str(out), "--workers", "2"]
     with pytest.raises(SystemExit) as stop:
         synthetic.main(argv + ["--clips", "5"])

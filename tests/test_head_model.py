@@ -87,6 +87,20 @@ def test_landmarks_lie_on_the_surface_seen_from_the_front(head):
         assert lm[i, 2] > front[near, 2].max() - 0.005, f"landmark {i} is hidden behind the surface"
 
 
+def test_brow_heads_and_nose_base_sit_where_a_detector_marks_them(head):
+    """Definitions matched to the real-clip detector on rendered frames (benchmarks/realism.py): a brow's head
+    (21, 22) is above the eye's inner corner (0.6-0.85 of its distance from the midline), level with the brow's
+    middle, not dipping into the glabella; 33 is the nose's lower border (within 11 mm of the tip in height, not
+    the lip junction below it); the alar bases 31/35 are at least 0.6 × the inner eye corners' distance apart."""
+    lm = head().landmarks[0].numpy()
+    inner_corner = abs(lm[39, 0])
+    for brow_head, middle in ((21, 19), (22, 24)):
+        assert 0.6 * inner_corner < abs(lm[brow_head, 0]) < 0.85 * inner_corner
+        assert lm[brow_head, 1] > lm[middle, 1] - 0.004
+    assert lm[30, 1] - lm[33, 1] < 0.011
+    assert lm[35, 0] - lm[31, 0] > 0.6 * (lm[42, 0] - lm[39, 0])
+
+
 def test_jaw_joint_opens_the_mouth(head):
     closed = head().landmarks[0]
     opened = head(pose=pose_with(JAW, [0.3, 0.0, 0.0])).landmarks[0]

@@ -64,3 +64,25 @@ def test_yaw_of_a_head_turned_about_y():
 def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match="landmarks must be"):
         agreement([None], np.zeros((1, 5, 2)), np.ones((1, 5), bool))
+
+
+def test_figure_puts_synthetic_frames_above_real_crops_of_the_same_size(tmp_path):
+    """benchmarks/realism_figure.py: one row of synthetic first frames, one of the astronaut's real crops."""
+    from benchmarks import realism_figure
+    from sheap_lite.data import face_landmarks
+    from sheap_lite.data.synthetic import PRESETS, generate_dataset
+
+    if not face_landmarks.available()[0]:
+        pytest.skip(face_landmarks.available()[1])
+    import dataclasses
+
+    from PIL import Image
+
+    generate_dataset(tmp_path / "syn", dataclasses.replace(PRESETS["ci"], clips=2, frames=2, size=32), workers=1,
+                     progress=False)
+    assert len(realism_figure.astronaut_variants()) == 6
+    out = realism_figure.main(["--data", str(tmp_path / "syn"), "--out", str(tmp_path / "fig.png"), "--tile", "40",
+                               "--size", "64"])
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape == (80, 6 * 40, 3)  # 2 synthetic tiles (then black), 6 real ones
+    assert sheet[:40, :80].mean() > 10 and sheet[:40, 80:].max() == 0 and sheet[40:].mean() > 10

@@ -164,3 +164,19 @@ def test_backgrounds_look_like_rooms():
 def test_srgb_round_trip():
     x = torch.linspace(0, 1, 101)
     assert torch.allclose(srgb_to_linear(linear_to_srgb(x)), x, atol=1e-5)
+
+
+def test_eye_sockets_are_darker_than_the_cheeks(head):
+    """The orbit between the upper lid and the brow is shaded (this renderer casts no shadows), the cheek is not:
+    the brow-to-lid band must read darker than the cheek, as on real faces (what Haar's eye features look for)."""
+    from sheap_lite.data.synthetic_materials import skin
+
+    landmarks, centres = head
+    look = sample_appearance(np.random.default_rng(0), landmarks, centres, EYE_RADIUS)
+    lm = look.landmarks
+    for eye, brow in ((list(range(36, 42)), 19), (list(range(42, 48)), 24)):
+        width = float((lm[eye[3]] - lm[eye[0]]).norm())
+        upper_lid = lm[eye[1:3]].mean(0)
+        points = torch.stack([0.6 * upper_lid + 0.4 * lm[brow], lm[eye].mean(0) - torch.tensor([0, 1.6 * width, 0])])
+        orbit, cheek = skin(points, look).occlusion
+        assert orbit < 0.7 and cheek > 0.97

@@ -246,7 +246,7 @@ def _identity(source) -> str:
 
 def _run(fl, frames_it, report, out_dir, size, crop_scale, raise_frac, smooth, max_frames, detect_every,
          min_frames, skull_frac, identity, fps, stride, progress):
-    from .face_landmarks import FaceResult, mesh_to_ibug68, similarity, warp
+    from .face_landmarks import FaceResult, find_face, mesh_to_ibug68, similarity, warp
 
     pending: deque = deque()  # (index, frame, mesh, box) waiting for `smooth` later kept frames
     boxes: deque = deque(maxlen=2 * smooth + 1)
@@ -279,12 +279,9 @@ def _run(fl, frames_it, report, out_dir, size, crop_scale, raise_frac, smooth, m
         if tracked:
             result = fl.track(frame, last_mesh)
         if result is None or result.score <= 0.5:
-            found = fl.detect(frame)
+            result = find_face(fl, frame, last_box)  # the face nearest the last one (the largest at first)
             since_detect = 0
-            if found:  # the face nearest the last one (the largest at first)
-                box = found[0] if last_box is None else min(found, key=lambda b: _box_dist(b, last_box))
-                result = fl.landmarks(frame, box)
-            elif last_mesh is not None and not tracked:  # Haar failed: carry the last box (its mesh's crop)
+            if result is None and last_mesh is not None and not tracked:  # Haar failed: carry the last box
                 result = fl.track(frame, last_mesh)
         since_detect += 1
         if result is None or result.score <= 0.5:
@@ -319,6 +316,3 @@ def _run(fl, frames_it, report, out_dir, size, crop_scale, raise_frac, smooth, m
     report.status = "written"
     report.message = f"{report.frames_written} frames"
 
-
-def _box_dist(a, b) -> float:
-    return float(np.hypot(a[0] + a[2] / 2 - b[0] - b[2] / 2, a[1] + a[3] / 2 - b[1] - b[3] / 2))

@@ -4,7 +4,8 @@ The renderer hands `shade_frame` per-pixel maps (alpha, a material code from `MA
 point, the world normal and the view direction); every colour is computed per pixel from them, so detail is finer
 than the mesh and no training renderer (per-vertex colours, Gaussians) draws the data exactly:
 - skin: tone, mottling and pores (solid noise), redness on cheeks, nose and ears, freckles and stubble for some
-  identities, brows as strand-noise bands along landmarks 17-21 / 22-26, lash lines, lips (48-59), darker folds;
+  identities, brows as strand-noise bands hanging below landmarks 17-21 / 22-26 (iBUG marks a brow's upper edge),
+  lash lines, lips (48-59), darker folds, shaded eye sockets (this renderer casts no shadows);
 - eyes: sclera (pinker at the corners, shaded under the lid), an iris with radial streaks and a limbal ring, a pupil;
 - mouth: a dark red cavity, upper and lower teeth and the tongue placed in image space next to the lips;
 - hair (strands radiating from the crown, Kajiya-Kay highlight), clothes (weave, folds, stripes), occluders

@@ -75,11 +75,10 @@ def _skin_base(p: torch.Tensor, app) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _blobs(p: torch.Tensor, app) -> dict[str, torch.Tensor]:
     """Soft Gaussian weights (N,) around landmark-placed points of the face, all from one distance matrix."""
-    lm, r, down = app.landmarks, app.eye_radius, torch.tensor([0, 0.006, 0])
+    lm, down = app.landmarks, torch.tensor([0, 0.006, 0])
     nostril = lambda k: lm[k] + torch.tensor([0.35 * float(lm[33, 0] - lm[k, 0]), 0.002, -0.004])  # noqa: E731
     places = {"nose": (lm[30], 0.01), "ear_r": (lm[0], 0.02), "ear_l": (lm[16], 0.02),
               "cheek_r": (0.55 * lm[2] + 0.45 * lm[31], 0.02), "cheek_l": (0.55 * lm[14] + 0.45 * lm[35], 0.02),
-              "socket_r": (app.eye_centres[0], 1.5 * r), "socket_l": (app.eye_centres[1], 1.5 * r),
               "under_r": (lm[40:42].mean(0) - down, 0.007), "under_l": (lm[46:48].mean(0) - down, 0.007),
               "nostril_r": (nostril(31), 0.0035), "nostril_l": (nostril(35), 0.0035),
               "corner_r": (lm[48], 0.003), "corner_l": (lm[54], 0.003), "freckles": (lm[29], 0.035),
@@ -90,6 +89,25 @@ def _blobs(p: torch.Tensor, app) -> dict[str, torch.Tensor]:
     return dict(zip(places, weights.unbind(1)))
 
 
+def _eye_sockets(p: torch.Tensor, app) -> torch.Tensor:
+    """Ambient occlusion (N,) of the orbits, a stand-in for the shadows this renderer does not cast: real eyes sit
+    in a hollow under the brow ridge, so the band from the brows to the lower lids is darker than the cheeks (the
+    contrast a face detector keys on). Per eye an ellipse around the eye opening (landmarks 36-41 / 42-47), raised
+    towards the brow, plus the upper-lid crease above the lid margin."""
+    lm, occlusion = app.landmarks, torch.ones(p.shape[0])
+    for eye, brow in ((list(range(36, 42)), list(range(17, 22))), (list(range(42, 48)), list(range(22, 27)))):
+        width = float((lm[eye[3]] - lm[eye[0]]).norm())
+        centre = lm[eye].mean(0)
+        centre = centre + 0.3 * (lm[brow].mean(0) - centre) * torch.tensor([0.0, 1.0, 0.0])
+        d = (p[:, :2] - centre[:2]) / torch.tensor([0.85 * width, 0.55 * width])
+        front = smoothstep((p[:, 2] - float(lm[eye, 2].min()) + 0.02) / 0.01)
+        occlusion = occlusion * (1 - 0.5 * torch.exp(-0.5 * d.square().sum(-1)) * front)
+        crease = lm[eye[:4]] + torch.tensor([0.0, 0.22 * width, 0.0])
+        near = _near(p, crease, 0.004)
+        occlusion[near] *= 1 - 0.3 * torch.exp(-0.5 * (polyline_distance(p[near], crease)[0] / 0.0012) ** 2)
+    return occlusion
+
+
 def skin(p: torch.Tensor, app) -> MaterialSample:
     """Facial skin with brows, lash lines, lips, freckles, stubble, redness and darker folds."""
     lm = app.landmarks
@@ -97,7 +115,7 @@ def skin(p: torch.Tensor, app) -> MaterialSample:
     blob = _blobs(p, app)
     redness = (blob["cheek_r"] + blob["cheek_l"] + 0.5 * blob["nose"] + 0.25 * (blob["ear_r"] + blob["ear_l"]))
     albedo = albedo * (1 - app.blush * redness[:, None] * torch.tensor([0.0, 0.35, 0.3]))
-    occlusion = ((1 - 0.3 * blob["socket_r"]) * (1 - 0.3 * blob["socket_l"]) * (1 - 0.6 * blob["nostril_r"])
+    occlusion = (_eye_sockets(p, app) * (1 - 0.6 * blob["nostril_r"])
                  * (1 - 0.6 * blob["nostril_l"]) * (1 - 0.3 * blob["corner_r"]) * (1 - 0.3 * blob["corner_l"]))
     albedo = mix(albedo, albedo * torch.tensor([0.85, 0.8, 0.88]), 0.5 * (blob["under_r"] + blob["under_l"]))
     for k, corner in ((31, 48), (35, 54)):  # nasolabial folds
@@ -140,10 +158,12 @@ def skin(p: torch.Tensor, app) -> MaterialSample:
 
 
 def _brows_and_lashes(p: torch.Tensor, app, albedo: torch.Tensor) -> None:
-    """Paint brows (strand-noise bands along landmarks 17-21 / 22-26) and lash lines into albedo (N,3), in place."""
+    """Paint brows and lash lines into albedo (N,3), in place. A brow is a strand-noise band hanging below
+    landmarks 17-21 / 22-26 (its upper edge on them, as iBUG marks it), thicker towards the nose."""
     lm = app.landmarks
+    drop = 0.5 * app.brow_thickness * (0.5 + 0.5 * torch.linspace(0.0, 1.0, 5))  # half the band at each point
     for brow, tilt in ((list(range(17, 22)), 0.3), (list(range(26, 21, -1)), -0.3)):  # outer end first
-        line = lm[brow] + torch.tensor([0.0, 0.002, 0.0])
+        line = lm[brow] - drop[:, None] * torch.tensor([0.0, 1.0, 0.0])
         near = _near(p, line, 0.012) & (p[:, 2] > lm[brow, 2].min() - 0.015)
         if not near.any():
             continue
@@ -156,12 +176,12 @@ def _brows_and_lashes(p: torch.Tensor, app, albedo: torch.Tensor) -> None:
                                0.003, 0.00035)
         cover = band * smoothstep((strands - 0.62 + 0.3 * app.brow_density) / 0.12)
         albedo[near] = mix(albedo[near] * (1 - 0.25 * band[:, None]), app.brow_colour, cover)
-    for lid, strength, width in (([36, 37, 38, 39], 0.9, 0.0008), ([42, 43, 44, 45], 0.9, 0.0008),
+    for lid, strength, width in (([36, 37, 38, 39], 0.95, 0.0012), ([42, 43, 44, 45], 0.95, 0.0012),
                                  ([39, 40, 41, 36], 0.35, 0.0005), ([45, 46, 47, 42], 0.35, 0.0005)):
         near = _near(p, lm[lid], 0.004)
         if near.any():
             lash = 1 - smoothstep((polyline_distance(p[near], lm[lid])[0] - width) / width)
-            albedo[near] = mix(albedo[near], app.brow_colour * 0.4, strength * lash)
+            albedo[near] = mix(albedo[near], app.brow_colour * 0.25, strength * lash)
 
 
 def eye(p: torch.Tensor, app) -> MaterialSample:
