@@ -42,8 +42,10 @@ class LiveFigure:
         except ImportError:  # pragma: no cover - IPython ships with the notebook extras
             get_ipython = None
         if get_ipython is not None and get_ipython() is not None:
+            # the mime bundle, not the figure: a plotly figure displays itself and would ignore the display id
+            bundle = fig._repr_mimebundle_()
             if self.handle is None:
-                self.handle = display(fig, display_id=True)
+                self.handle = display(bundle, raw=True, display_id=True)
             else:
-                self.handle.update(fig)
+                self.handle.update(bundle, raw=True)
         self.updates += 1
