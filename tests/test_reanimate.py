@@ -48,7 +48,7 @@ def test_shapes(flame, batch, one_thread):
     assert r.vertices.shape == (2, v, 3) and r.landmarks2d.shape == (2, 68, 2)
     assert r.surfels.means.shape == (2, n, 3) and r.local.offset.shape == (2, n, 3)
     assert r.face_normals.shape == (2, n, 3) and r.sh.shape == (2, 9, 3)
-    assert r.mesh_depth.shape == (2, 1, SIZE, SIZE) and not r.mesh_depth.requires_grad
+    assert r.mesh_depth.shape == (2, 1, SIZE, SIZE) and r.mesh_depth.requires_grad
     assert r.params.pose.shape == (2, 5, 3, 3)
     assert torch.equal(r.params.shape, r.source.shape) and torch.equal(r.params.expression, r.target.expression)
     assert torch.equal(r.params.translation, r.target.translation)
@@ -167,3 +167,19 @@ def test_ddp_wraps_the_networks_only(flame, batch, tmp_path, one_thread):
     for (name, p), q in zip(plain.networks.named_parameters(), wrapped.networks.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
     assert set(wrapped.networks.state_dict()) == set(plain.networks.state_dict())
+
+
+def test_mesh_depth_term_does_not_pull_the_head_along_the_view_axis(flame, batch, one_thread):
+    """The surfels ride on the mesh, so moving the whole head by dz moves the rendered depth and the mesh depth
+    alike: the depth term's gradient on the translation must be small next to the dz-per-dz a detached mesh depth
+    gives (the render's depth moving alone changes |depth − mesh depth| by ~1 per metre where the head is)."""
+    from sheap_lite.losses import mesh_depth_loss
+
+    r = _step(_model(flame), batch)
+    term = mesh_depth_loss(r.render.depth, r.mesh_depth, r.render.alpha)
+    (dz,) = torch.autograd.grad(term, r.target.translation, retain_graph=True)
+    detached = mesh_depth_loss(r.render.depth, r.mesh_depth.detach(), r.render.alpha)
+    (dz_detached,) = torch.autograd.grad(detached, r.target.translation)
+    coverage = ((r.mesh_depth > 0).float() * r.render.alpha).mean()
+    assert dz_detached[:, 2].abs().sum() > 0.5 * coverage  # what the old, detached target did
+    assert dz[:, 2].abs().sum() < 0.1 * dz_detached[:, 2].abs().sum()
