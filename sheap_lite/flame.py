@@ -8,7 +8,9 @@ expression from 4D scans").
     landmarks = barycentric points on the posed mesh
 
 One code path for every head: a `FlameModelData` from the user's licensed file (`from_pkl`) or the built-in
-head (`builtin`). Parameters are axis-angle poses (B,5,3) for [global, neck, jaw, eye_left, eye_right].
+head (`builtin`). Poses are axis-angle (B,5,3) for [global, neck, jaw, eye_left, eye_right], or rotation
+matrices (B,5,3,3) (a network's 6D output goes in as matrices, never through axis-angle); a `FlameParams` may be
+passed as the first argument: `flame(params)`.
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ def _require_finite(name: str, value: torch.Tensor) -> None:
 
 
 class FLAME(nn.Module):
-    """FLAME-format head model. Call with `shape (B,≤S)`, `expression (B,≤E)`, `pose (B,5,3)` axis-angle,
-    optional `eyelids (B,2)` and `translation (B,3)`; returns `FlameOutput`.
+    """FLAME-format head model. Call with `shape (B,≤S)`, `expression (B,≤E)`, `pose (B,5,3)` axis-angle (or
+    (B,5,3,3) rotation matrices, used as given: pose correctives from R − I directly), optional `eyelids (B,2)`
+    and `translation (B,3)`; or with a `FlameParams` as the only argument. Returns `FlameOutput`.
 
     Missing trailing coefficients count as zero; zero parameters give the template. A batch of 0 gives empty
     outputs (0,V,3), (0,L,3), (0,5,3).
@@ -153,9 +156,15 @@ class FLAME(nn.Module):
                 f"shape={self.n_shape}, expression={self.n_expression}, landmarks={self.n_landmarks}")
 
     # ---- forward ------------------------------------------------------------------------------------------------
-    def forward(self, shape: torch.Tensor | None = None, expression: torch.Tensor | None = None,
+    def forward(self, shape=None, expression: torch.Tensor | None = None,
                 pose: torch.Tensor | None = None, eyelids: torch.Tensor | None = None,
                 translation: torch.Tensor | None = None) -> FlameOutput:
+        from .params import FlameParams
+
+        if isinstance(shape, FlameParams):
+            if any(v is not None for v in (expression, pose, eyelids, translation)):
+                raise ValueError("FLAME: pass either a FlameParams or keyword tensors, not both")
+            return self.forward(**shape.as_kwargs())
         arguments = {"shape": shape, "expression": expression, "pose": pose, "eyelids": eyelids,
                      "translation": translation}
         given = {name: value for name, value in arguments.items() if value is not None}
@@ -164,9 +173,10 @@ class FLAME(nn.Module):
         n_joints = len(JOINT_NAMES)
         if pose is None:
             pose = like.new_zeros(batch, n_joints, 3)
-        if pose.ndim != 3 or pose.shape[0] != batch or pose.shape[1:] != (n_joints, 3):
-            raise ValueError(f"pose must have shape (B={batch}, 5, 3) axis-angle [global, neck, jaw, eye_l, eye_r], "
-                             f"got {tuple(pose.shape)}")
+        as_matrices = pose.ndim == 4
+        if pose.shape[0] != batch or pose.shape[1:] not in ((n_joints, 3), (n_joints, 3, 3)):
+            raise ValueError(f"pose must have shape (B={batch}, 5, 3) axis-angle or (B, 5, 3, 3) rotation matrices "
+                             f"[global, neck, jaw, eye_l, eye_r], got {tuple(pose.shape)}")
         if translation is not None and tuple(translation.shape) != (batch, 3):
             raise ValueError(f"translation must have shape (B={batch}, 3), got {tuple(translation.shape)}")
         betas = _as_batch("shape", shape, batch, self.n_shape, like)
@@ -181,7 +191,7 @@ class FLAME(nn.Module):
                     + torch.einsum("vck,bk->bvc", self.eyelid_dirs, lids))
         rest_joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v_shaped)
 
-        rotations = axis_angle_to_matrix(pose.to(like))  # (B, 5, 3, 3)
+        rotations = pose.to(like) if as_matrices else axis_angle_to_matrix(pose.to(like))  # (B, 5, 3, 3)
         eye = torch.eye(3, dtype=like.dtype, device=like.device)
         pose_feature = (rotations[:, 1:] - eye).reshape(batch, self.posedirs.shape[0])  # (B, 36)
         v_posed = v_shaped + (pose_feature @ self.posedirs).reshape(v_shaped.shape)

@@ -1,0 +1,193 @@
+"""The networks of the reanimation step: a shared image encoder and two heads.
+
+    image (B,3,H,W) ─► Encoder ─► features (B,D) + feature map (B,C,h,w)
+    features ─► FlameHead ─► FlameParams (shape, expression, pose as matrices from 6D, eyelids, translation)
+    source features (+ the source image and feature map at each surfel's projection) ─► GaussianHead
+        ─► raw SurfelLocal (offset, rotation, log-scale, opacity logit, albedo logit) (B,N,...) + SH light (B,9,3)
+
+Encoders: the project's own small CNN (default; GroupNorm, so batch size and DDP do not change it) and a small
+ViT (`vit.py`, the paper's family). Untrained, the heads predict the mean head facing the camera at the data's
+framing, flat mid-grey surfels and ambient light, plus small noise (so every parameter gets a gradient at once).
+
+Surfel attribute generator (`ModelConfig.gaussian_head`):
+- "pixel" (default): each surfel's attributes come from a small MLP, shared by all surfels, of [a learned
+  per-face embedding, the source image's colour and feature-map vector at the surfel's projection in the source
+  frame (source shape, pose and camera from FlameHead, detached), how squarely its triangle faces the source
+  camera], FiLM-modulated by the identity features. Colour sampled where the surfel lands gives each image's
+  texture directly (a global vector cannot hold ~10k surfels' colours), and a wrong source geometry samples the
+  wrong colours for the target pose, so the photometric loss also checks geometry across the two frames.
+- "embedding": the same MLP on the per-face embedding and FiLM only (texture from a global vector).
+Both cost one matmul chain over N surfels (no graph convolution, no UV map: the built-in head has no UVs);
+measured figures are in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gaussians import SurfelBinding, SurfelLocal, ambient_sh
+from .geometry import rotation_6d_to_matrix
+from .params import FlameParams
+from .vit import ViTEncoder
+
+__all__ = ["ModelConfig", "Encoder", "FlameHead", "GaussianHead", "DATA_FRAMING_TRANSLATION", "INITIAL_LIGHT"]
+
+# Mean ground-truth head translation (m) of synthetic clips: 168 frames of `python -m sheap_lite.data.synthetic
+# --preset ci` (seeds 0 and 1, 28 clips) gave (-0.003, 0.004, -0.376) ± (0.017, 0.013, 0.077); x is 0 by symmetry.
+# The crop rule frames every head alike, so this is where an untrained model should put the head.
+DATA_FRAMING_TRANSLATION = (0.0, 0.004, -0.376)
+# Ambient light level for mid-grey (0.5) albedo: the mean face colour inside the masks of 48 synthetic ci frames
+# is (0.54, 0.39, 0.31), luminance ≈ 0.41 ≈ 0.5 × 0.8.
+INITIAL_LIGHT = 0.8
+N_LOCAL = 13  # offset 3, rotation 4, log-scale 2, opacity 1, albedo 3
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the networks. width: base channels (cnn) / token width = 4·width (vit); feature_dim: the global
+    feature size; map_dim: feature-map channels; n_shape / n_expression are clipped to the head model's sizes."""
+
+    encoder: str = "cnn"
+    image_size: int = 128
+    width: int = 32
+    feature_dim: int = 256
+    map_dim: int = 32
+    n_shape: int = 100
+    n_expression: int = 51
+    surfels_per_face: int = 1
+    gaussian_head: str = "pixel"
+    face_embedding_dim: int = 16
+    surfel_hidden: int = 64
+    vit_depth: int = 4
+    vit_heads: int = 4
+    vit_patch: int = 16
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ("cnn", "vit"):
+            raise ValueError(f"ModelConfig.encoder must be 'cnn' or 'vit', got {self.encoder!r}")
+        if self.gaussian_head not in ("pixel", "embedding"):
+            raise ValueError(f"ModelConfig.gaussian_head must be 'pixel' or 'embedding', got {self.gaussian_head!r}")
+        for name in ("image_size", "width", "feature_dim", "map_dim", "n_shape", "n_expression", "surfels_per_face",
+                     "face_embedding_dim", "surfel_hidden", "vit_depth", "vit_heads", "vit_patch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+
+
+def _conv(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.GroupNorm(min(8, c_out), c_out),
+                         nn.SiLU())
+
+
+class CNNEncoder(nn.Module):
+    """Five 3×3 conv stages (GroupNorm, SiLU): strides 2,1,2,2,2 and widths w,w,2w,4w,8w; the stride-8 stage (4w)
+    is the feature map (projected to map_dim), the last one is average-pooled into the global features."""
+
+    def __init__(self, width: int, feature_dim: int, map_dim: int) -> None:
+        super().__init__()
+        w = width
+        self.low = nn.Sequential(_conv(3, w, 2), _conv(w, w, 1), _conv(w, 2 * w, 2), _conv(2 * w, 4 * w, 2))
+        self.high = _conv(4 * w, 8 * w, 2)
+        self.to_map = nn.Conv2d(4 * w, map_dim, 1)
+        self.head = nn.Linear(8 * w, feature_dim)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low = self.low(image * 2.0 - 1.0)
+        return self.head(self.high(low).mean((2, 3))), self.to_map(low)
+
+
+class Encoder(nn.Module):
+    """image (B,3,S,S) in [0,1] → (features (B, feature_dim), feature map (B, map_dim, h, w))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.encoder == "cnn":
+            self.net = CNNEncoder(config.width, config.feature_dim, config.map_dim)
+        else:
+            self.net = ViTEncoder(config.image_size, 4 * config.width, config.vit_depth, config.vit_heads,
+                                  config.feature_dim, config.map_dim, patch=config.vit_patch)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"Encoder: images must be (B,3,H,W), got {tuple(image.shape)}")
+        return self.net(image)
+
+
+def _small_output(layer: nn.Linear, bias: torch.Tensor, gain: float = 0.01) -> None:
+    """Start a layer at `bias` with weights shrunk by `gain`: near-constant outputs, but nonzero gradients."""
+    with torch.no_grad():
+        layer.weight.mul_(gain)
+        layer.bias.copy_(bias)
+
+
+class FlameHead(nn.Module):
+    """features (B,D) → FlameParams: shape (B,n_shape), expression (B,n_expression), pose (B,5,3,3) from 6D,
+    eyelids (B,2), translation (B,3). Untrained: zeros, identity rotations, `translation` (the data's framing)."""
+
+    def __init__(self, feature_dim: int, n_shape: int, n_expression: int,
+                 translation: tuple[float, float, float] = DATA_FRAMING_TRANSLATION) -> None:
+        super().__init__()
+        self.sizes = (n_shape, n_expression, 5 * 6, 2, 3)
+        self.hidden = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.SiLU())
+        self.out = nn.Linear(feature_dim, sum(self.sizes))
+        identity_6d = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]).repeat(5)  # first two columns of I, per joint
+        _small_output(self.out, torch.cat([torch.zeros(n_shape + n_expression), identity_6d, torch.zeros(2),
+                                           torch.tensor(translation, dtype=torch.float32)]))
+
+    def forward(self, features: torch.Tensor) -> FlameParams:
+        shape, expression, pose6d, eyelids, translation = self.out(self.hidden(features)).split(self.sizes, -1)
+        pose = rotation_6d_to_matrix(pose6d.reshape(-1, 5, 6))
+        return FlameParams(shape=shape, expression=expression, pose=pose, eyelids=eyelids, translation=translation)
+
+
+class GaussianHead(nn.Module):
+    """Source features → raw per-surfel `SurfelLocal` (B,N,...) and SH lighting (B,9,3) (module docstring).
+
+    binding: the surfels (N); the raw outputs are `SurfelLocal.initial(binding)` (flat discs, opacity 0.9,
+    albedo 0.5) plus the network's (initially small) output.
+    """
+
+    def __init__(self, config: ModelConfig, binding: SurfelBinding) -> None:
+        super().__init__()
+        self.pixel_aligned = config.gaussian_head == "pixel"
+        n = binding.n_surfels
+        base = SurfelLocal.initial(binding.to(torch.float32), 1, albedo=0.5)
+        self.register_buffer("base", torch.cat([base.offset, base.rotation, base.log_scale,
+                                                base.opacity_logit[..., None], base.albedo_logit], -1)[0])  # (N,13)
+        self.embedding = nn.Parameter(torch.randn(n, config.face_embedding_dim) / math.sqrt(config.face_embedding_dim))
+        inputs = config.face_embedding_dim + (config.map_dim + 3 + 1 if self.pixel_aligned else 0)
+        hidden = config.surfel_hidden
+        self.inner = nn.Linear(inputs, hidden)
+        self.film = nn.Linear(config.feature_dim, 2 * hidden)  # per-image scale and shift of the hidden units
+        self.out = nn.Linear(hidden, N_LOCAL)
+        _small_output(self.out, torch.zeros(N_LOCAL))
+        _small_output(self.film, torch.zeros(2 * hidden), gain=0.1)
+        self.light = nn.Linear(config.feature_dim, 27)
+        _small_output(self.light, ambient_sh(INITIAL_LIGHT).reshape(27))
+
+    def forward(self, features: torch.Tensor, feature_map: torch.Tensor | None = None,
+                image: torch.Tensor | None = None, pixels: torch.Tensor | None = None,
+                facing: torch.Tensor | None = None) -> tuple[SurfelLocal, torch.Tensor]:
+        """features (B,D); for "pixel": feature_map (B,C,h,w), image (B,3,H,W), pixels (B,N,2) the surfels'
+        projections in that image (pixel units, x right, y down), facing (B,N) the cosine between each surfel's
+        triangle normal and the direction to the camera (> 0: seen). Returns (SurfelLocal, sh (B,9,3))."""
+        batch = features.shape[0]
+        x = self.embedding.expand(batch, -1, -1)
+        if self.pixel_aligned:
+            if any(v is None for v in (feature_map, image, pixels, facing)):
+                raise ValueError("GaussianHead('pixel'): needs feature_map, image, pixels and facing")
+            height, width = image.shape[-2:]
+            grid = (pixels / pixels.new_tensor([width, height]) * 2.0 - 1.0)[:, :, None]  # (B,N,1,2)
+            sample = lambda m: F.grid_sample(m, grid, align_corners=False).squeeze(-1).transpose(1, 2)  # noqa: E731
+            x = torch.cat([x, sample(image), sample(feature_map), facing[..., None]], -1)
+        scale, shift = self.film(features)[:, None].chunk(2, -1)
+        raw = self.base + self.out(F.silu(self.inner(x) * (1.0 + scale) + shift))
+        offset, rotation, log_scale, opacity, albedo = raw.split((3, 4, 2, 1, 3), -1)
+        local = SurfelLocal(offset=offset, rotation=rotation, log_scale=log_scale, opacity_logit=opacity[..., 0],
+                            albedo_logit=albedo)
+        return local, self.light(features).reshape(batch, 9, 3)
