@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from .clip_format import (DAMAGED_CLIP_ADVICE, PER_FRAME_GROUND_TRUTH, ClipFormatError, list_clips, load_clip,
                           read_annotations, read_meta)
 from .synthetic import SPLITS, split_of
 
-__all__ = ["ClipPairDataset", "Augment", "IBUG68_MIRROR", "mirror_landmarks"]
+__all__ = ["ClipPairDataset", "Augment", "IBUG68_MIRROR", "mirror_landmarks", "collate_pairs"]
 
 GT_KEYS = ("shape", "expression", "pose", "eyelids", "translation", "sh", "viewmat", "K")
 
@@ -249,3 +249,25 @@ class ClipPairDataset(Dataset):
                         value = np.vstack([A, [0.0, 0.0, 1.0]]) @ np.asarray(value, dtype=np.float64)
                     item[f"gt_{key}"] = torch.from_numpy(np.ascontiguousarray(value)).float()
         return item
+
+
+def collate_pairs(items: list[dict]) -> dict:
+    """A batch of items that may differ in ground truth (synthetic and real clips mixed, flipped items):
+    every key all items share is collated as usual (gt_<key> (B,...) only when every item has it, so
+    `FlameParams.from_batch` sees complete ground truth or none); batch["gt_present"][key] (B,) bool says which
+    items had gt_<key>, for every key any item had; batch["gt_partial"][key] holds those the batch has only
+    for some items, zero where absent."""
+    shared = [k for k in items[0] if all(k in item for item in items)]
+    batch = default_collate([{k: item[k] for k in shared} for item in items])
+    names = sorted({k for item in items for k in item if k.startswith("gt_")})
+    stray = sorted({k for item in items for k in item if not k.startswith("gt_")} - set(shared))
+    if stray:
+        raise ValueError(f"collate_pairs: keys {stray} are missing from some items (only gt_* keys may be)")
+    batch["gt_present"] = {k[3:]: torch.tensor([k in item for item in items]) for k in names}
+    batch["gt_partial"] = {}
+    for k in names:
+        if k not in shared:
+            like = next(item[k] for item in items if k in item)
+            batch["gt_partial"][k[3:]] = torch.stack([item[k] if k in item else torch.zeros_like(like)
+                                                      for item in items])
+    return batch
