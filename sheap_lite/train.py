@@ -148,9 +148,10 @@ def evaluate(model, loader, loss_fn, config: TrainConfig, device: torch.device, 
     return {name: value / count for name, value in sums.items()}
 
 
-def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, model=None, loss_fn=None) -> dict:
+def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, build=None, loss_fn=None) -> dict:
     """Train `config` into the run folder `out`; returns {"step", "skipped", "val": last held-out means}.
-    model / loss_fn replace the `Reanimator` and `reanimation_losses` (tests use small stand-ins)."""
+    build(config, flame) -> model and loss_fn(r, batch, weights) -> {..., "total"} replace `build_model` and
+    `reanimation_losses` (tests use small stand-ins); the model is built after seeding."""
     out = Path(out)
     path = out / CHECKPOINT_NAME
     if path.exists() and not resume:
@@ -166,20 +167,24 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, mod
     _seed(config.seed)
 
     flame = FLAME.load(config.flame_path).to(device)
-    model = (model if model is not None else build_model(config, flame)).to(device)
+    model = (build or build_model)(config, flame).to(device)
     loss_fn = loss_fn or reanimation_losses
     train_set, val_set = make_datasets(config)
     sampler = distributed.EpochSampler(train_set, place, seed=config.seed)
     steps_per_epoch = sampler.num_samples // per_process
     if steps_per_epoch == 0:
         raise ValueError(f"the training set has {len(train_set)} pairs, fewer than one batch of {config.batch_size}")
-    loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=workers, collate_fn=collate_pairs,
-                        drop_last=True, worker_init_fn=_worker_init, persistent_workers=False)
+    # Not persistent: each epoch's workers start from the dataset as set_epoch left it. Own generators: an
+    # iterator's seed draw must not move the global random state (a resumed run starts its iterator mid-epoch).
+    loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=workers,
+                        collate_fn=collate_pairs, drop_last=True, worker_init_fn=_worker_init,
+                        persistent_workers=False, generator=torch.Generator().manual_seed(config.seed))
     val_loader = None
     if val_set is not None and place.is_main:
         n = min(len(val_set), config.eval_batches * per_process)
         chosen = np.linspace(0, len(val_set) - 1, n).round().astype(int).tolist()  # spread over the clips
-        val_loader = DataLoader(Subset(val_set, chosen), batch_size=per_process, collate_fn=collate_pairs)
+        val_loader = DataLoader(Subset(val_set, chosen), batch_size=per_process, collate_fn=collate_pairs,
+                                generator=torch.Generator().manual_seed(config.seed))
 
     params = [p for p in model.networks.parameters() if p.requires_grad]
     optim = config.optim

@@ -52,6 +52,11 @@ class StandIn(nn.Module):
         return SimpleNamespace(image=image)
 
 
+def standin(dropout: float = 0.2, sleep: float = 0.0):
+    """A `build` for `train`: makes the stand-in (after train seeded the generators)."""
+    return lambda config, flame: StandIn(dropout, sleep)
+
+
 def standin_losses(r, batch, weights) -> dict:
     l1 = (r.image - batch["target_image"]).abs().mean()
     return {"l1": l1, "total": l1}
@@ -70,7 +75,7 @@ def main(argv: list[str]) -> None:
     data, out, steps = argv[0], argv[1], int(argv[2])
     sleep = float(argv[argv.index("--sleep") + 1]) if "--sleep" in argv else 0.0
     config = dataclasses.replace(standin_config(data, steps), ckpt_every=2)
-    train(config, out, resume="--resume" in argv, model=StandIn(sleep=sleep), loss_fn=standin_losses)
+    train(config, out, resume="--resume" in argv, build=standin(sleep=sleep), loss_fn=standin_losses)
 
 
 if __name__ == "__main__":
