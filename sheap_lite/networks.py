@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,8 @@ from .geometry import rotation_6d_to_matrix
 from .params import FlameParams
 from .vit import ViTEncoder
 
-__all__ = ["ModelConfig", "Encoder", "FlameHead", "GaussianHead", "DATA_FRAMING_TRANSLATION", "INITIAL_LIGHT"]
+__all__ = ["ModelConfig", "Encoder", "FlameHead", "GaussianHead", "Networks", "DATA_FRAMING_TRANSLATION",
+           "INITIAL_LIGHT"]
 
 # Mean ground-truth head translation (m) of synthetic clips: 168 frames of `python -m sheap_lite.data.synthetic
 # --preset ci` (seeds 0 and 1, 28 clips) gave (-0.003, 0.004, -0.376) ± (0.017, 0.013, 0.077); x is 0 by symmetry.
@@ -182,12 +184,37 @@ class GaussianHead(nn.Module):
             if any(v is None for v in (feature_map, image, pixels, facing)):
                 raise ValueError("GaussianHead('pixel'): needs feature_map, image, pixels and facing")
             height, width = image.shape[-2:]
-            grid = (pixels / pixels.new_tensor([width, height]) * 2.0 - 1.0)[:, :, None]  # (B,N,1,2)
-            sample = lambda m: F.grid_sample(m, grid, align_corners=False).squeeze(-1).transpose(1, 2)  # noqa: E731
-            x = torch.cat([x, sample(image), sample(feature_map), facing[..., None]], -1)
+            grid = (pixels / pixels.new_tensor([width, height]) * 2.0 - 1.0)[:, :, None].to(x)  # (B,N,1,2)
+            sample = lambda m: F.grid_sample(m.to(x), grid, align_corners=False)[..., 0].transpose(1, 2)  # noqa: E731
+            x = torch.cat([x, sample(image), sample(feature_map), facing[..., None].to(x)], -1)
         scale, shift = self.film(features)[:, None].chunk(2, -1)
         raw = self.base + self.out(F.silu(self.inner(x) * (1.0 + scale) + shift))
         offset, rotation, log_scale, opacity, albedo = raw.split((3, 4, 2, 1, 3), -1)
         local = SurfelLocal(offset=offset, rotation=rotation, log_scale=log_scale, opacity_logit=opacity[..., 0],
                             albedo_logit=albedo)
         return local, self.light(features).reshape(batch, 9, 3)
+
+
+class Networks(nn.ModuleDict):
+    """encoder, flame_head, gaussian_head; `forward` runs all three in one call, so that DistributedDataParallel
+    can wrap this module alone (one forward per backward, FLAME outside it)."""
+
+    def __init__(self, config: ModelConfig, binding: SurfelBinding, n_shape: int, n_expression: int) -> None:
+        super().__init__(dict(encoder=Encoder(config), flame_head=FlameHead(config.feature_dim, n_shape, n_expression),
+                              gaussian_head=GaussianHead(config, binding)))
+        self.pixel_aligned = config.gaussian_head == "pixel"
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor,
+                source_view: Callable[[FlameParams], tuple[torch.Tensor, torch.Tensor]] | None = None):
+        """source, target (B,3,S,S) → (source FlameParams, target FlameParams, raw SurfelLocal, sh (B,9,3)).
+        source_view(source params) → (pixels (B,N,2), facing (B,N)) is needed by the "pixel" GaussianHead."""
+        batch = source.shape[0]
+        features, feature_map = self["encoder"](torch.cat([source, target]))
+        src, tgt = self["flame_head"](features[:batch]), self["flame_head"](features[batch:])
+        pixels = facing = None
+        if self.pixel_aligned:
+            if source_view is None:
+                raise ValueError("Networks: the 'pixel' GaussianHead needs source_view (see Reanimator)")
+            pixels, facing = source_view(src)
+        local, sh = self["gaussian_head"](features[:batch], feature_map[:batch], source, pixels, facing)
+        return src, tgt, local, sh
