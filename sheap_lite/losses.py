@@ -1,9 +1,10 @@
 """The reanimation losses: each term a function returning a scalar, and `reanimation_losses` that sums them.
 
 SHeaP learns from 2D alone: the render of the re-posed head is compared with the target frame (photometric
-L1 + D-SSIM), guided a little by 2D landmarks, and held in shape by regularisers (FLAME parameter priors, surfel
-offset/scale) and geometry terms that tie the surfels to the mesh (surfel normal vs its triangle's normal,
-rendered depth vs mesh depth) and make the splats a surface (2DGS normal consistency, depth distortion).
+L1 + D-SSIM), guided a little by 2D landmarks, and held in shape by regularisers (FLAME parameter priors,
+surfel offset/scale) and geometry terms that tie the surfels to the mesh (surfel normal vs its triangle's normal,
+rendered depth vs mesh depth, the mesh's pixels painted) and make the splats a surface (2DGS normal
+consistency, depth distortion).
 Units: images in [0,1]; depths in metres (camera 1 m from a ~0.2 m head); landmarks in pixels, the loss in
 units of the image size; surfel offsets and scales in units of their triangle's scale k. Every weight, its
 reason and its source: `LossWeights` below and `docs/losses.md`.
@@ -21,7 +22,7 @@ from .geometry import axis_angle_to_matrix
 
 __all__ = ["LossWeights", "TERMS", "photometric_l1", "dssim", "landmark_loss", "parameter_priors",
            "surfel_offset_loss", "surfel_scale_loss", "surfel_normal_loss", "mesh_depth_loss",
-           "normal_consistency_loss", "depth_distortion_loss", "reanimation_losses"]
+           "mesh_coverage_loss", "normal_consistency_loss", "depth_distortion_loss", "reanimation_losses"]
 
 
 @dataclass
@@ -42,6 +43,10 @@ class LossWeights:
                                      # the same form and range, 1 − cos ∈ [0, 2]
     mesh_depth: float = 2.0          # measured here: scattering surfels 1 triangle scale (3.4 mm) along their
                                      # normals then costs as much as in the 2DGS normal term (docs/losses.md)
+    mesh_coverage: float = 1.0       # derived here: fading one head pixel out of a target-composited render saves
+                                     # at most 0.8·|Δ| ≤ 0.8 of L1 per pixel over H·W, costs 1 per pixel over
+                                     # the mesh's ~½·H·W pixels: 1.0 > 0.4 keeps every pixel painted (margin for
+                                     # D-SSIM)
     normal_consistency: float = 0.05  # 2DGS
     depth_distortion: float = 2.0    # measured here, as mesh_depth; 2DGS's 10–1000 are for its own depth units
     scale_threshold: float = 0.6     # GaussianAvatars ε_scaling: surfel scales (triangle units) above it cost
@@ -54,7 +59,8 @@ class LossWeights:
 
 
 TERMS = ("l1", "dssim", "landmarks", "shape_prior", "expression_prior", "pose_prior", "eyelid_prior",
-         "surfel_offset", "surfel_scale", "surfel_normal", "mesh_depth", "normal_consistency", "depth_distortion")
+         "surfel_offset", "surfel_scale", "surfel_normal", "mesh_depth", "mesh_coverage", "normal_consistency",
+         "depth_distortion")
 """The weighted terms, in `reanimation_losses` order; each is a `LossWeights` field of the same name."""
 
 
@@ -190,6 +196,17 @@ def mesh_depth_loss(depth: torch.Tensor, mesh_depth: torch.Tensor, alpha: torch.
     return (weight * error).sum() / weight.sum().clamp_min(1e-8)
 
 
+def mesh_coverage_loss(alpha: torch.Tensor, mesh_depth: torch.Tensor) -> torch.Tensor:
+    """Mean over the posed mesh's pixels (mesh_depth > 0) of 1 − alpha: alpha (B,1,H,W) the render's coverage,
+    mesh_depth (B,1,H,W) (0 off the mesh). The surfels must paint their own mesh: composited over the target,
+    a transparent head would otherwise reproduce the target exactly (photometric terms 0). 0 with no mesh pixel."""
+    fn = "mesh_coverage_loss"
+    _check_map(fn, "mesh_depth", mesh_depth, 1)
+    _alpha_like(fn, alpha, mesh_depth)
+    on_mesh = (mesh_depth > 0).to(alpha.dtype)
+    return (on_mesh * (1.0 - alpha)).sum() / on_mesh.sum().clamp_min(1.0)
+
+
 def normal_consistency_loss(normal: torch.Tensor, normal_from_depth: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """2DGS normal consistency, mean over pixels of Σᵢ wᵢ(1 − nᵢ·N) = alpha − normal·N: normal (B,3,H,W) the
     rendered Σ w·n (not normalised), N = normal_from_depth (B,3,H,W) unit (0 on its 1-pixel border, which is
@@ -230,6 +247,7 @@ def reanimation_losses(r, batch: dict, weights: LossWeights) -> dict[str, torch.
         terms["surfel_normal"] = surfel_normal_loss(r.surfels.normals, r.face_normals)
         if r.mesh_depth is not None:
             terms["mesh_depth"] = mesh_depth_loss(render.depth, r.mesh_depth, render.alpha)
+            terms["mesh_coverage"] = mesh_coverage_loss(render.alpha, r.mesh_depth)
         if getattr(render, "normal_from_depth", None) is not None:
             terms["normal_consistency"] = normal_consistency_loss(render.normal, render.normal_from_depth,
                                                                   render.alpha)

@@ -180,6 +180,16 @@ def test_mesh_depth_value_where_both_exist():
     assert depth.grad[0, 0, 0, 0] < 0 < depth.grad[0, 0, 1, 1]  # both pushed towards the mesh
 
 
+def test_mesh_coverage_value_and_gradient():
+    alpha = _leaf([[[[1.0, 0.2], [0.5, 0.0]]]])
+    mesh_depth = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]], dtype=D)  # last pixel off the mesh
+    loss = L.mesh_coverage_loss(alpha, mesh_depth)
+    assert loss.item() == pytest.approx((0.0 + 0.8 + 0.5) / 3)
+    loss.backward()
+    assert torch.allclose(alpha.grad[0, 0], torch.tensor([[-1 / 3, -1 / 3], [-1 / 3, 0.0]], dtype=D))  # paint it
+    assert L.mesh_coverage_loss(alpha, torch.zeros_like(mesh_depth)).item() == 0.0
+
+
 def test_normal_consistency_value_border_and_gradient():
     n_up, n_tilt = torch.tensor([0.0, 0.0, 1.0], dtype=D), torch.tensor([0.0, math.sin(0.5), math.cos(0.5)], dtype=D)
     w1, w2 = 0.6, 0.3  # two splats on a ray: Σ w(1 − n·N) with N = +z
