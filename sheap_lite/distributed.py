@@ -74,20 +74,22 @@ def barrier(place: Distributed) -> None:
 
 
 def wrap(model: nn.Module, place: Distributed, find_unused_parameters: bool = False) -> nn.Module:
-    """`model` itself for one process; else DDP over it that syncs only `model.networks` (parameters and
-    buffers): the head model's and the SurfelField's constant buffers are left out of DDP's broadcasts.
-    Trainable parameters outside `networks` would silently drift apart across processes, so they are refused."""
+    """For several processes, run `model.networks` through DistributedDataParallel (`model.wrap_networks`, see
+    `Reanimator`): only the networks' parameters are broadcast and their gradients averaged; the head model and
+    the SurfelField binding (constant buffers) stay out of DDP. Trainable parameters outside `networks` would
+    silently drift apart across processes, so they are refused. Returns `model` (call it as before)."""
     if not place.enabled:
         return model
     stray = [name for name, p in model.named_parameters() if p.requires_grad and not name.startswith("networks.")]
     if stray:
         raise ValueError(f"trainable parameters outside model.networks would not be synchronised: {stray[:5]}")
-    named = itertools.chain(model.named_parameters(), model.named_buffers())
-    ignore = [name for name, _ in named if not name.startswith("networks.")]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
     device = next(model.networks.parameters()).device
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=find_unused_parameters)
+    # broadcast_buffers=False: the networks hold no buffers (GroupNorm / LayerNorm), and a forward that syncs
+    # buffers would hang the held-out evaluation, which runs on rank 0 alone.
+    model.wrap_networks(lambda networks: DistributedDataParallel(
+        networks, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+        find_unused_parameters=find_unused_parameters))
+    return model
 
 
 class EpochSampler(DistributedSampler):

@@ -40,6 +40,7 @@ from .data.dataset import Augment, ClipPairDataset, collate_pairs
 from .flame import FLAME
 from .losses import reanimation_losses
 from .reanimate import Reanimator
+from .render import resolve_backend
 from .train_log import RunLog, image_grid
 
 __all__ = ["train", "main", "threads_and_workers", "lr_factor", "clip_roots", "make_datasets"]
@@ -126,8 +127,13 @@ def _seed(seed: int) -> None:
 
 
 def build_model(config: TrainConfig, flame: FLAME) -> Reanimator:
-    """The Reanimator of `config` (render_2dgs's backend from `config.backend`)."""
-    options = {"backend": config.backend} if config.renderer == "2dgs" else {}
+    """The Reanimator of `config`: render_2dgs's backend from `config.backend`, and `config.tile_size` when that
+    resolves to the torch rasteriser (gsplat takes no options)."""
+    options = {}
+    if config.renderer == "2dgs":
+        options["backend"] = config.backend
+        if resolve_backend(config.backend, flame.v_template.device, torch.float32) == "torch":
+            options["tile_size"] = config.tile_size
     return Reanimator(config.model, flame, renderer=config.renderer, render_options=options)
 
 

@@ -83,12 +83,16 @@ def test_torchrun_environment():
 class _Held(nn.Module):
     def __init__(self, stray: bool = False) -> None:
         super().__init__()
-        self.networks = nn.ModuleDict(dict(a=nn.Linear(2, 2)))
+        self.networks = nn.Linear(2, 2)
         self.register_buffer("head_model", torch.full((3,), float(int(os.environ["RANK"]))))  # differs by rank
         self.extra = nn.Linear(2, 2) if stray else None
+        self.run = self.networks
+
+    def wrap_networks(self, wrap):
+        self.run = wrap(self.networks)
 
     def forward(self, x):
-        return self.networks["a"](x)
+        return self.run(x) + self.head_model[:2]
 
 
 def _wrap_rank(rank: int, world: int, port: int, results) -> None:
@@ -97,15 +101,14 @@ def _wrap_rank(rank: int, world: int, port: int, results) -> None:
     place = Distributed(rank, rank, world, world)
     torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
     model = _Held()
-    ddp = wrap(model, place)
-    ddp(torch.ones(1, 2)).sum().backward()
+    wrap(model, place)(torch.ones(1, 2)).sum().backward()
     means = mean_over_processes({"loss": float(rank), "n": 1.0}, place, torch.device("cpu"))
     try:
         wrap(_Held(stray=True), place)
         refused = False
     except ValueError:
         refused = True
-    results[rank] = dict(weight=model.networks["a"].weight.detach().clone(), head=model.head_model.clone(),
+    results[rank] = dict(weight=model.networks.weight.detach().clone(), head=model.head_model.clone(),
                          means=means, refused=refused)
     dist.destroy_process_group()
 

@@ -37,18 +37,24 @@ def make_clips(root, frames: int = 4, seed: int = 0) -> None:
 
 class StandIn(nn.Module):
     """networks: a two-layer CNN (with dropout, so resuming must restore the random state) mapping the source
-    and target images to an image; a constant buffer outside `networks` (DDP must leave it alone)."""
+    and target images to an image; a constant buffer outside `networks` (DDP must leave it alone); run through
+    `wrap_networks` as the Reanimator's."""
 
     def __init__(self, dropout: float = 0.2, sleep: float = 0.0) -> None:
         super().__init__()
-        self.networks = nn.ModuleDict(dict(encoder=nn.Sequential(
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.Dropout(dropout), nn.Conv2d(8, 3, 3, padding=1))))
+        self.networks = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.Dropout(dropout),
+                                      nn.Conv2d(8, 3, 3, padding=1))
         self.register_buffer("constant", torch.ones(3))
         self.sleep = sleep
+        self._run = (self.networks,)
+
+    def wrap_networks(self, wrap):
+        self._run = (wrap(self.networks),)
+        return self._run[0]
 
     def forward(self, source, target, target_mask=None, composite="target"):
         time.sleep(self.sleep)
-        image = torch.sigmoid(self.networks["encoder"](torch.cat([source, target], 1)) + self.constant[:, None, None])
+        image = torch.sigmoid(self._run[0](torch.cat([source, target], 1)) + self.constant[:, None, None])
         return SimpleNamespace(image=image)
 
 
