@@ -162,7 +162,7 @@ def test_paper_preset_takes_a_step_on_the_cpu(tmp_path):
     _real_clips(tmp_path / "data", 224)
     preset = PRESETS["paper"]
     config = dataclasses.replace(preset, data=dataclasses.replace(preset.data, roots=(str(tmp_path / "data"),)),
-                                 steps=1, batch_size=1, eval_every=1, workers=0, threads=2, progress=False,
+                                 steps=1, batch_size=1, eval_batches=1, workers=0, threads=1, progress=False,
                                  device="cpu")
     result = train(config, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
