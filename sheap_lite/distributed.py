@@ -84,10 +84,10 @@ def wrap(model: nn.Module, place: Distributed, find_unused_parameters: bool = Fa
     if stray:
         raise ValueError(f"trainable parameters outside model.networks would not be synchronised: {stray[:5]}")
     device = next(model.networks.parameters()).device
-    # broadcast_buffers=False: the networks hold no buffers (GroupNorm / LayerNorm), and a forward that syncs
+    # forward_sync_buffers=False: the networks hold no buffers (GroupNorm / LayerNorm), and a forward that syncs
     # buffers would hang the held-out evaluation, which runs on rank 0 alone.
     model.wrap_networks(lambda networks: DistributedDataParallel(
-        networks, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+        networks, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False,
         find_unused_parameters=find_unused_parameters))
     return model
 

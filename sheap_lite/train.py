@@ -187,9 +187,9 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, bui
                         persistent_workers=False, generator=torch.Generator().manual_seed(config.seed))
     val_loader = None
     if val_set is not None and place.is_main:
-        n = min(len(val_set), config.eval_batches * per_process)
+        n = min(len(val_set), config.eval_batches * config.batch_size)  # the same items on any process count
         chosen = np.linspace(0, len(val_set) - 1, n).round().astype(int).tolist()  # spread over the clips
-        val_loader = DataLoader(Subset(val_set, chosen), batch_size=per_process, collate_fn=collate_pairs,
+        val_loader = DataLoader(Subset(val_set, chosen), batch_size=config.batch_size, collate_fn=collate_pairs,
                                 generator=torch.Generator().manual_seed(config.seed))
 
     params = [p for p in model.networks.parameters() if p.requires_grad]
