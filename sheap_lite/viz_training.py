@@ -1,13 +1,17 @@
-"""Plot helpers for the training notebooks (05, 06): points over `viz.image_figure` panels and a figure that
-redraws in place while a loop runs."""
+"""Plot helpers for the training notebooks (05, 06): points over `viz.image_figure` panels, a figure that
+redraws in place while a loop runs, a run's curves read from its `metrics.jsonl`, and a training run followed
+live from a notebook."""
 
 from __future__ import annotations
 
+import threading
+
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from .viz import _np
 
-__all__ = ["overlay_points", "LiveFigure"]
+__all__ = ["overlay_points", "LiveFigure", "metrics_figure", "follow_run"]
 
 
 def overlay_points(fig: go.Figure, points, row: int, col: int, name: str, color: str = "lime",
@@ -49,3 +53,54 @@ class LiveFigure:
             else:
                 self.handle.update(bundle, raw=True)
         self.updates += 1
+
+
+def metrics_figure(records: list[dict], terms=("l1", "landmarks", "total"), title: str | None = None,
+                   height: int = 300) -> go.Figure:
+    """One panel per loss term: the training means (line) and the held-out means (markers) against the step, from
+    the records of `train_log.read_metrics` ({"step", "split": "train" | "val", term: value, ...}); log y axes."""
+    fig = make_subplots(rows=1, cols=len(terms), subplot_titles=list(terms), horizontal_spacing=0.08)
+    styles = {"train": dict(mode="lines", line=dict(color="#1f77b4")),
+              "val": dict(mode="lines+markers", line=dict(color="#d62728", dash="dot"))}
+    for col, term in enumerate(terms, start=1):
+        for split, style in styles.items():
+            points = [(r["step"], r[term]) for r in records if r["split"] == split and term in r]
+            if points:
+                steps, values = zip(*points)
+                fig.add_trace(go.Scatter(x=steps, y=values, name=f"{split} (held out)" if split == "val" else split,
+                                         legendgroup=split, showlegend=col == 1, **style), row=1, col=col)
+        fig.update_yaxes(type="log", row=1, col=col)
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_layout(title=title, height=height, margin=dict(l=0, r=0, t=60 if title else 30, b=0),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def follow_run(run, read, draw, live: LiveFigure | None = None, poll: float = 2.0):
+    """Call `run()` (e.g. `lambda: train(config, out)`) in a background thread and, while it runs, redraw `live`
+    with `draw(records)` whenever `read()` (e.g. `lambda: read_metrics(out)`) returns more records; once more at
+    the end. Returns run()'s result, or raises what it raised. A notebook cell thus shows the run's own progress
+    bar and its curves growing in place, read from what the run writes, not from a copy of its loop."""
+    live = live or LiveFigure()
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = run()
+        except BaseException as error:  # handed back to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="follow_run", daemon=True)
+    thread.start()
+    shown = -1
+    while True:
+        thread.join(poll)
+        records = read()
+        if len(records) != shown and records:
+            live.update(draw(records))
+            shown = len(records)
+        if not thread.is_alive():
+            break
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")

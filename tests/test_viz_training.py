@@ -28,3 +28,39 @@ def test_live_figure_outside_ipython_counts_updates():
     for _ in range(3):
         live.update(image_figure([np.zeros((4, 4))]))
     assert live.updates == 3 and live.handle is None
+
+
+def test_metrics_figure_draws_train_and_held_out_per_term():
+    from sheap_lite.viz_training import metrics_figure
+
+    records = [{"step": 0, "split": "val", "l1": 0.2, "total": 1.0},
+               {"step": 5, "split": "train", "l1": 0.3, "total": 2.0},
+               {"step": 10, "split": "train", "l1": 0.1, "total": 1.5},
+               {"step": 10, "split": "val", "l1": 0.15, "total": 0.9}]
+    fig = metrics_figure(records, terms=("l1", "total"))
+    by_panel = {(t.xaxis, t.legendgroup): (list(t.x), list(t.y)) for t in fig.data}
+    assert by_panel[("x", "train")] == ([5, 10], [0.3, 0.1])
+    assert by_panel[("x2", "val")] == ([0, 10], [1.0, 0.9])
+
+
+def test_follow_run_returns_the_result_redraws_and_reraises():
+    from sheap_lite.viz_training import follow_run
+
+    records = []
+
+    def run():
+        for step in range(3):
+            records.append({"step": step})
+        return "done"
+
+    live = LiveFigure()
+    drawn = []
+    assert follow_run(run, lambda: list(records), lambda r: drawn.append(len(r)) or image_figure([np.zeros((2, 2))]),
+                      live, poll=0.01) == "done"
+    assert drawn[-1] == 3 and live.updates == len(drawn) >= 1
+
+    def fails():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        follow_run(fails, lambda: [], lambda r: None, poll=0.01)
