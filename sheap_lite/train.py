@@ -235,51 +235,53 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, bui
     val = held_out() if step == 0 else {}
     sums, count = {}, 0
     bar = tqdm(total=config.steps, initial=step, disable=not (place.is_main and config.progress), desc="train")
-    while step < config.steps:
-        epoch, done = divmod(step, steps_per_epoch)
-        set_epoch(train_set, epoch)  # the workers start after this, with the epoch's draws
-        sampler.set_epoch(epoch)
-        sampler.start = done * per_process
-        for batch in loader:
-            batch = _to(batch, device)
-            with autocast():
-                r = trained(batch["source_image"], batch["target_image"], batch["target_mask"], config.composite)
-            losses = loss_fn(r, batch, config.loss)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip if optim.grad_clip > 0 else math.inf)
-            finite = (torch.isfinite(losses["total"]) & torch.isfinite(norm)).float()
-            if place.enabled:  # one process's bad loss skips the step everywhere (gradients are shared)
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() > 0:
-                optimizer.step()
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach().float()
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm.detach().float()
-                count += 1
-            else:
-                skipped += 1
+    try:  # an exception (Ctrl-C, a crash) still closes the progress bar and flushes the logs
+        while step < config.steps:
+            epoch, done = divmod(step, steps_per_epoch)
+            set_epoch(train_set, epoch)  # the workers start after this, with the epoch's draws
+            sampler.set_epoch(epoch)
+            sampler.start = done * per_process
+            for batch in loader:
+                batch = _to(batch, device)
+                with autocast():
+                    r = trained(batch["source_image"], batch["target_image"], batch["target_mask"], config.composite)
+                losses = loss_fn(r, batch, config.loss)
                 optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                means = {k: float(v) / max(count, 1) for k, v in sums.items()}
-                means = distributed.mean_over_processes(means, place, device)
-                means.update(lr=scheduler.get_last_lr()[0], skipped=skipped)
-                log.record("train", step, means)
-                bar.set_postfix(loss=f"{means.get('total', float('nan')):.4f}", skipped=skipped)
-                sums, count = {}, 0
-            if config.image_every and step % config.image_every == 0 and place.is_main:
-                log.image("train/grid", step, image_grid(r, batch, model))
-            if step % config.eval_every == 0 or step == config.steps:
-                val = held_out()
-            if step % config.ckpt_every == 0 or step == config.steps:
-                save()
-            if step >= config.steps:
-                break
-    bar.close()
-    log.close()
+                losses["total"].backward()
+                norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip if optim.grad_clip > 0 else math.inf)
+                finite = (torch.isfinite(losses["total"]) & torch.isfinite(norm)).float()
+                if place.enabled:  # one process's bad loss skips the step everywhere (gradients are shared)
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                if finite.item() > 0:
+                    optimizer.step()
+                    for name, value in losses.items():
+                        sums[name] = sums.get(name, 0.0) + value.detach().float()
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm.detach().float()
+                    count += 1
+                else:
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.steps:
+                    means = {k: float(v) / max(count, 1) for k, v in sums.items()}
+                    means = distributed.mean_over_processes(means, place, device)
+                    means.update(lr=scheduler.get_last_lr()[0], skipped=skipped)
+                    log.record("train", step, means)
+                    bar.set_postfix(loss=f"{means.get('total', float('nan')):.4f}", skipped=skipped)
+                    sums, count = {}, 0
+                if config.image_every and step % config.image_every == 0 and place.is_main:
+                    log.image("train/grid", step, image_grid(r, batch, model))
+                if step % config.eval_every == 0 or step == config.steps:
+                    val = held_out()
+                if step % config.ckpt_every == 0 or step == config.steps:
+                    save()
+                if step >= config.steps:
+                    break
+    finally:
+        bar.close()
+        log.close()
     distributed.shutdown(place)
     return {"step": step, "skipped": skipped, "val": val}
 
