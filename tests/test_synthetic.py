@@ -99,7 +99,7 @@ def test_landmarks_are_the_projected_ground_truth_landmarks(tiny, flame):
 
 
 def test_masks_are_the_head_region(tiny, flame):
-    """Masks mean what real clips' masks mean: the head (face, forehead, skull and the hair on it) — inside the
+    """Masks mean what real clips' masks mean: the head (face, forehead, skull; amodal through hair) — inside the
     head's own silhouette or its hair, covering the inner face, not the neck below the chin."""
     for path in list_clips(tiny)[:2]:
         clip = load_clip(path)

@@ -118,7 +118,7 @@ def test_scene_changes_frames_but_not_the_ground_truth(head):
         np.testing.assert_array_equal(value, with_scene["ground_truth"][key], err_msg=key)
     np.testing.assert_array_equal(bare["landmarks"], with_scene["landmarks"])
     assert not np.array_equal(bare["frames"], with_scene["frames"])
-    # masks: the head region (face, forehead, skull and the hair on it), not the neck, shoulders or occluders
+    # masks: the head region (face, forehead, skull, amodally), not the neck or shoulders
     lm = with_scene["landmarks"]
     below_chin = np.zeros((3, 32, 32), bool)
     for f in range(3):

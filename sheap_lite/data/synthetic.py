@@ -172,7 +172,7 @@ def generate_clip(flame, config: SyntheticConfig, clip_index: int) -> dict:
     The head (the ground truth) is rendered with its scene (`synthetic_scene`: hair, neck and shoulders, glasses
     or a hand or microphone) at `supersample`× the size, shaded by `synthetic_look`, composited over a
     background, area-averaged to the size and passed through the camera's effects. Masks cover the head region
-    real clips' masks cover (face, forehead, skull and the hair over it; not ears, neck, loose hair, occluders).
+    real clips' masks cover, amodally (face, forehead and skull, through hair and occluders; not ears or neck).
     """
     from .synthetic_frame import (background_image, camera_effects, downsample, eye_geometry, frame_translations,
                                   head_face_materials, render_maps, sample_appearance, sample_lights, shade_frame)
@@ -229,7 +229,7 @@ def generate_clip(flame, config: SyntheticConfig, clip_index: int) -> dict:
         K_big = intrinsics(size * factor, size * factor, config.fov_deg)
         maps, mask, depth = render_maps(out.vertices, rest.vertices[0], flame.faces.long(), as_t(material),
                                         as_t(in_mask), scene, viewmat, K_big, size * factor,
-                                        mask_hair_above=float(rest_lm[36:48, 1].mean()), mode=config.render_mode,
+                                        mode=config.render_mode,
                                         sigma=config.soft_sigma, faces_per_pixel=config.faces_per_pixel)
         radiance = shade_frame(maps, appearance, lights)
         alpha = downsample(maps["alpha"], factor)

@@ -96,17 +96,18 @@ def eye_geometry(flame, rest_vertices: np.ndarray, rest_joints: np.ndarray) -> t
 
 def render_maps(head_vertices: torch.Tensor, head_rest: torch.Tensor, head_faces: torch.Tensor,
                 head_material: torch.Tensor, head_in_mask: torch.Tensor, scene: tuple | None, viewmat: torch.Tensor,
-                K: torch.Tensor, size: int, mask_hair_above: float, mode: str = "hard", **soft_options):
+                K: torch.Tensor, size: int, mode: str = "hard", **soft_options):
     """Render head + scene at `size`² (hard visibility). head_vertices (T,V,3) posed, head_rest (V,3), head_faces
     (F,3), head_material / head_in_mask (F,) per face; scene = `synthetic_scene.pose_scene`'s output or None;
-    viewmat (4,4), K (3,3) for this size; hair above rest height `mask_hair_above` counts as head for the mask;
+    viewmat (4,4), K (3,3) for this size; the mask is amodal: the head's in-mask faces drawn alone, so hair,
+    ears and occluders neither add to it nor cut it (as real clips' masks, a hull drawn from landmarks);
     mode / soft_options: `render_mesh`'s ("soft": soft alpha; material, normal and depth stay the visible face's).
     → (maps {alpha, material, surface, normal, view}, head-region mask (T,1,H,W) float, depth (T,1,H,W))."""
     from ..render.mesh import render_mesh
 
     frames, n_head = head_vertices.shape[:2]
     vertices, rest, faces = head_vertices, head_rest, head_faces
-    material, in_mask = head_material, head_in_mask
+    material = head_material
     if scene is not None:
         posed, scene_rest, scene_faces, scene_material, shown = scene
         eye = -viewmat[:3, :3].T @ viewmat[:3, 3]
@@ -119,8 +120,6 @@ def render_maps(head_vertices: torch.Tensor, head_rest: torch.Tensor, head_faces
         rest = torch.cat([head_rest, scene_rest])
         faces = torch.cat([head_faces, scene_faces + n_head])
         material = torch.cat([head_material, scene_material])
-        hair_mask = (scene_material == MATERIALS["hair"]) & (scene_rest[scene_faces].mean(1)[:, 1] > mask_hair_above)
-        in_mask = torch.cat([head_in_mask, hair_mask])
     colours = torch.cat([rest.expand(frames, -1, 3), vertices], -1)  # rest position, world position
     out = render_mesh(vertices, faces, viewmat.expand(frames, 4, 4), K.expand(frames, 3, 3), size, size,
                       vertex_colors=colours, mode=mode, **(soft_options if mode == "soft" else {}))
@@ -133,7 +132,9 @@ def render_maps(head_vertices: torch.Tensor, head_rest: torch.Tensor, head_faces
     eye_pos = (-viewmat[:3, :3].T @ viewmat[:3, 3])[None, :, None, None]
     view = F.normalize(eye_pos - out.rgb[:, 3:6], dim=1) * hit
     maps = dict(alpha=out.alpha, material=pixel_material, surface=out.rgb[:, :3] * hit, normal=out.normal, view=view)
-    mask = (hit & in_mask[ids]).float()
+    # amodal head region: what a surface head model can cover, so no training term rewards a head swollen into hair
+    mask = render_mesh(head_vertices, head_faces[head_in_mask], viewmat.expand(frames, 4, 4), K.expand(frames, 3, 3),
+                       size, size, mode="hard").alpha
     return maps, mask, out.depth
 
 
