@@ -73,6 +73,32 @@ def test_ground_truth_reproduces_the_target_landmarks(root):
     assert (pixels - item["target_landmarks"]).abs().max() < 1e-3
 
 
+def test_warped_ground_truth_camera_projects_onto_the_augmented_landmarks(root):
+    """gt_K of a scale/shift-jittered item is [A; 0 0 1]·K: the ground-truth head projected with it lands on the
+    item's (warped) landmarks; the other ground truth is the stored one."""
+    flame = _load_flame(None)
+    plain, jittered = ClipPairDataset(root), ClipPairDataset(root, augment=Augment(scale=0.15, shift=0.1), seed=3)
+    for i in (1, 4, 9):
+        a, b = plain[i], jittered[i]
+        assert not torch.equal(a["gt_K"], b["gt_K"])
+        for key in ("gt_shape", "gt_expression", "gt_pose", "gt_translation", "gt_viewmat", "gt_sh"):
+            assert torch.equal(a[key], b[key]), key
+        out = flame(shape=b["gt_shape"][None], expression=b["gt_expression"][None], pose=b["gt_pose"][None],
+                    eyelids=b["gt_eyelids"][None], translation=b["gt_translation"][None])
+        landmarks = contour_landmarks(flame, out.vertices, b["gt_viewmat"])
+        pixels = project(landmarks, b["gt_viewmat"], b["gt_K"])[0]
+        assert (pixels - b["target_landmarks"]).abs().max() < 2e-3
+        assert (project(landmarks, a["gt_viewmat"], a["gt_K"])[0] - b["target_landmarks"]).abs().max() > 0.5
+
+
+def test_flip_and_colour_jitter_drop_the_ground_truth_they_make_wrong(root):
+    flipped = ClipPairDataset(root, augment=Augment(flip=1.0))[2]
+    assert flipped["flipped"] and not any(key.startswith("gt_") for key in flipped)
+    coloured = ClipPairDataset(root, augment=Augment(colour=0.3))[2]
+    assert "gt_sh" not in coloured and torch.equal(coloured["gt_K"], ClipPairDataset(root)[2]["gt_K"])
+    assert {"gt_shape", "gt_pose", "gt_expression", "gt_translation"} <= set(coloured)
+
+
 def test_mirror_permutation():
     perm = np.array(IBUG68_MIRROR)
     assert sorted(perm) == list(range(68)) and (perm[perm] == np.arange(68)).all()  # an involution

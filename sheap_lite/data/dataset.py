@@ -10,8 +10,14 @@ An item (a dict, channel-first float32 images in [0,1], S the clip size):
     target_landmarks (68,2) pixels, target_landmarks_visible (68,) bool,
     clip (str, the folder name), clip_index, identity (str), source_frame, target_frame (int),
     flipped (bool), target_affine (2,3): augmented pixel = A @ [x, y, 1] of the stored frame,
-    and, for clips that carry ground truth, gt_<key> of the TARGET frame: shape, expression, pose, eyelids,
-    translation, sh, viewmat, K (as stored: they describe the un-augmented frame; see `target_affine`, `flipped`).
+    and, for clips that carry ground truth, gt_<key> of the TARGET frame as augmented: shape, expression, pose,
+    eyelids, translation, sh, viewmat, K.
+
+Ground truth is never handed out wrong for the augmented frame: the scale/shift warp maps pixels by the affine
+A (2,3), so gt_K becomes [A; 0 0 1]·K, exact for a scale + shift (the head and its parameters are unchanged);
+colour jitter drops gt_sh (the image no longer shows that lighting); a horizontal flip drops every gt_* (the
+mirrored face is a different head: FLAME's shape and expression bases have no left-right symmetry in their
+coefficients, so mirrored parameters would need a fit, and the flipped camera would need fx < 0).
 
 Augmentation (`Augment`, off by default): colour jitter (one draw for both images, as one video), horizontal
 flip (both images; landmarks mirrored x → S − x and re-ordered with `IBUG68_MIRROR`), and scale/translation
@@ -33,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from .clip_format import (DAMAGED_CLIP_ADVICE, PER_FRAME_GROUND_TRUTH, ClipFormatError, list_clips, load_clip,
                           read_annotations, read_meta)
 from .synthetic import SPLITS, split_of
 
-__all__ = ["ClipPairDataset", "Augment", "IBUG68_MIRROR", "mirror_landmarks"]
+__all__ = ["ClipPairDataset", "Augment", "IBUG68_MIRROR", "mirror_landmarks", "collate_pairs"]
 
 GT_KEYS = ("shape", "expression", "pose", "eyelids", "translation", "sh", "viewmat", "K")
 
@@ -233,10 +239,35 @@ class ClipPairDataset(Dataset):
                     target_landmarks=landmarks, target_landmarks_visible=visible, clip=self.clips[c].name,
                     clip_index=c, identity=str(self.metas[c].get("identity", "")), source_frame=source,
                     target_frame=target, flipped=flipped, target_affine=torch.as_tensor(A, dtype=torch.float32))
-        if self.with_ground_truth:
+        if self.with_ground_truth and not flipped:
+            dropped = ("sh",) if aug.colour > 0 else ()
             for key in GT_KEYS:
-                if key in clip.ground_truth:
+                if key in clip.ground_truth and key not in dropped:
                     value = clip.ground_truth[key]
                     value = value[1] if key in PER_FRAME_GROUND_TRUTH else value  # load_clip returned [source, target]
+                    if key == "K":  # the warp's pixel map applied to the camera: K' = [A; 0 0 1] K
+                        value = np.vstack([A, [0.0, 0.0, 1.0]]) @ np.asarray(value, dtype=np.float64)
                     item[f"gt_{key}"] = torch.from_numpy(np.ascontiguousarray(value)).float()
         return item
+
+
+def collate_pairs(items: list[dict]) -> dict:
+    """A batch of items that may differ in ground truth (synthetic and real clips mixed, flipped items):
+    every key all items share is collated as usual (gt_<key> (B,...) only when every item has it, so
+    `FlameParams.from_batch` sees complete ground truth or none); batch["gt_present"][key] (B,) bool says which
+    items had gt_<key>, for every key any item had; batch["gt_partial"][key] holds those the batch has only
+    for some items, zero where absent."""
+    shared = [k for k in items[0] if all(k in item for item in items)]
+    batch = default_collate([{k: item[k] for k in shared} for item in items])
+    names = sorted({k for item in items for k in item if k.startswith("gt_")})
+    stray = sorted({k for item in items for k in item if not k.startswith("gt_")} - set(shared))
+    if stray:
+        raise ValueError(f"collate_pairs: keys {stray} are missing from some items (only gt_* keys may be)")
+    batch["gt_present"] = {k[3:]: torch.tensor([k in item for item in items]) for k in names}
+    batch["gt_partial"] = {}
+    for k in names:
+        if k not in shared:
+            like = next(item[k] for item in items if k in item)
+            batch["gt_partial"][k[3:]] = torch.stack([item[k] if k in item else torch.zeros_like(like)
+                                                      for item in items])
+    return batch
