@@ -94,6 +94,7 @@ def model_predictor(model) -> Predictor:
 
 
 def mean_head_predictor(flame: FLAME) -> Predictor:
+    """The mean head (`mean_head_params`) for every image, whatever it shows."""
     return lambda images, clip: mean_head_params(images.shape[0], flame.n_shape, flame.n_expression, images)
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sheap_lite.checkpoint import head_model_id, save_checkpoint
 from sheap_lite.config import PRESETS
@@ -119,3 +122,40 @@ def test_bad_arguments_are_clear(data, tmp_path, capsys):
                    {"identity": "x"}, None)
         main(["--baseline", "mean_head", "--data", str(real), "--out", str(tmp_path / "out"), "--no-progress"])
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_learning_proof_tables_and_verdicts(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.learning_proof import markdown, seed_result, summary, write_curves
+
+    def block(model, mean_head):
+        return {"model": {"mean_mm": model, "median_mm": model, "mean_iod_pct": 5.0},
+                "mean_head": {"mean_mm": mean_head, "median_mm": mean_head, "mean_iod_pct": 9.0}}
+
+    results, runs = [], []
+    for seed, (neutral, posed, landmarks_last) in enumerate([(1.0, 2.0, 0.02), (1.5, 2.9, 0.05)]):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        records = [{"step": s, "split": "val", "l1": l1, "dssim": 0.2 - s / 1000, "landmarks": lm, "total": 1.0}
+                   for s, l1, lm in ((0, 0.06, 0.04), (10, 0.05, landmarks_last))]
+        records.append({"step": 10, "split": "train", "total": 0.5})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        metrics = {"neutral": block(neutral, 2.0), "expressive": block(9.0, 9.0), "landmarks_2d": block(0, 0),
+                   "by_set": {"benchmark/expressive": {"expressive": block(posed, 4.0)}}}
+        results.append(seed_result(run, metrics, 60.0))
+        runs.append(run)
+    first = results[0]
+    assert first["neutral_reduction"] == pytest.approx(0.5) and first["posed_reduction"] == pytest.approx(0.5)
+    assert first["neutral_pass"] and first["posed_pass"] and first["val_landmarks_falls"] and first["steps"] == 10
+    second = results[1]  # 25 % and 27.5 % below the mean head: short of 30 %; landmarks rose 0.04 → 0.05
+    assert not second["neutral_pass"] and not second["posed_pass"] and not second["val_landmarks_falls"]
+    overall = summary(results)
+    assert overall["neutral_model_mm"] == pytest.approx({"mean": 1.25, "std": 0.25})
+    assert overall["val_l1_falls"] and not overall["neutral_pass"]
+    text = markdown(results, overall, "python benchmarks/learning_proof.py ...", "ci")
+    assert "| seed1 | 10 | 1.0 min | 1.50 / 2.00 | 25 % |" in text and "held-out L1 falls: **met**" in text
+    assert "neutral shape ≥ 30 % below the mean head: **not met**" in text
+    write_curves(runs, tmp_path / "curves.png", tmp_path / "curves.csv")
+    rows = (tmp_path / "curves.csv").read_text().splitlines()
+    assert "seed1,val,landmarks,10,0.05" in rows and len(rows) == 1 + 2 * (3 * 2 + 1)
+    assert Image.open(tmp_path / "curves.png").size[0] > 1000
