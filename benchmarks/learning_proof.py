@@ -163,10 +163,11 @@ def markdown(results: list[dict], overall: dict, command: str, preset: str) -> s
         return f"{100 * x:.0f} %"
 
     lines = [f"### Learning proof (`{preset}` preset, synthetic data)", "", "```bash", command, "```", "",
-             "| seed | steps | train time | neutral shape: model / mean head (mm, mean) | reduction | posed mesh: "
-             "model / mean head (mm, mean) | reduction | held-out L1 first → last | held-out landmarks first → last |",
+             "| seed | steps | train time | neutral shape: model / mean head (mm, mean) | reduction "
+             "| posed mesh: model / mean head (mm, mean) | reduction | held-out L1 first → last "
+             "| held-out landmarks first → last |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for k, r in enumerate(results):
+    for r in results:
         lines.append(f"| {Path(r['run']).name} | {r['steps']} | {r['seconds'] / 60:.1f} min | "
                      f"{r['neutral_model_mm']:.2f} / {r['neutral_mean_head_mm']:.2f} | {pct(r['neutral_reduction'])} | "
                      f"{r['posed_model_mm']:.2f} / {r['posed_mean_head_mm']:.2f} | {pct(r['posed_reduction'])} | "

@@ -240,7 +240,8 @@ def markdown_table(metrics: dict) -> str:
     means (below 1: the model is better)."""
     lines = [f"Synthetic benchmark, {metrics['clips']} clips, {metrics['frames']} frames, predictor "
              f"`{metrics.get('predictor', 'model')}`; vertex errors over the face region after similarity alignment.",
-             "", "| measure | model: median / mean / std | mean head: median / mean / std | model / mean head (means) |",
+             "",
+             "| measure | model: median / mean / std | mean head: median / mean / std | model / mean head (means) |",
              "|---|---|---|---|"]
     for prefix, block in [("all", metrics), *metrics["by_set"].items()]:
         lines.append(_row(f"{prefix}: neutral shape (mm)", block["neutral"], "mm"))
