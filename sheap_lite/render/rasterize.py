@@ -28,10 +28,10 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from .composite import ALPHA_MAX, composite_pixels, pack
 from .projection import ALPHA_THRESHOLD, Projected, support_box, tile_count
 
 TRANSMITTANCE_MIN = 1e-4
-ALPHA_MAX = 0.999
 OPTIONS = ("tile_size", "chunk", "tile_batch", "checkpoint")
 AUTO_CHECKPOINT_PIXELS = 512 * 512  # checkpoint=None: recompute in the backward pass above this many pixels
 
@@ -81,69 +81,70 @@ def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: in
     return table, counts
 
 
-def _round(pixels, state, attrs, ids):
-    """Composite one group of surfels (tiles a, pixels P, chunk K) onto the running per-pixel state.
+@torch.no_grad()
+def _live_pairs(pixels, table, counts, done, planes, centre, opacity, chunk: int):
+    """The search pass, without gradients: which pairs are composited, over tiles a, pixels P, rounds of K.
 
-    Padding ids read the appended zero-opacity surfel, whose α is 0: it is skipped like any faint surfel.
+    pixels (a,P,2), table (a,L) front-to-back surfel ids, counts (a,), done (a,P) pixels outside the image,
+    per-surfel planes (S,3,3), centre (S,2), opacity (S,) → (pixel (n,) = tile·P + p, surfel (n,)) of every pair
+    with α ≥ 1/255 in front of the pixel's termination, ordered by round (callers sort by pixel, stably). The
+    intersections of a round are one batched matmul [p_x, p_y, 1]·planes; the rest runs in place.
     """
-    transmittance, depth_sum, done = state
-    planes, centre, opacity, depth, color, normal = (a[ids] for a in attrs)  # planes (a,K,3,3): v×w, w×u, u×v
-    px, py = pixels[..., 0, None, None], pixels[..., 1, None, None]  # (a,P,1,1)
-    cross = px * planes[:, None, :, 0] + py * planes[:, None, :, 1] + planes[:, None, :, 2]  # (a,P,K,3)
-    cz = cross[..., 2]
-    # gsplat skips c_z == 0; |c_z| below √tiny is skipped too, so that c_z² cannot underflow into NaN gradients
-    nonzero = cz.abs() > torch.finfo(cz.dtype).tiny ** 0.5
-    cz = torch.where(nonzero, cz, torch.ones_like(cz))
-    rho3d = (cross[..., 0] ** 2 + cross[..., 1] ** 2) / (cz * cz)
-    delta = pixels[:, :, None, :] - centre[:, None]
-    rho2d = 2.0 * (delta * delta).sum(-1)
-    sigma = 0.5 * torch.minimum(rho3d, rho2d)
-    alpha = torch.clamp_max(opacity[:, None] * torch.exp(-sigma), ALPHA_MAX)
-    keep = nonzero & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & ~done[..., None]
-    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-
-    one_minus = 1.0 - alpha
-    after = transmittance[..., None] * torch.cumprod(one_minus, dim=-1)  # T after each surfel
-    before = torch.cat([transmittance[..., None], after[..., :-1]], dim=-1)
-    ends = keep & (after <= TRANSMITTANCE_MIN)
-    live = keep & (torch.cumsum(ends.int(), dim=-1) == 0)  # exclusive: the surfel that ends it is dropped
-    weight = torch.where(live, alpha * before, torch.zeros_like(alpha))  # (a,P,K)
-    weighted_depth = weight * depth[:, None]
-    prior = depth_sum[..., None] + torch.cumsum(weighted_depth, dim=-1) - weighted_depth
-    distortion = (2.0 * (weighted_depth * (1.0 - before) - weight * prior)).sum(-1)
-    new_t = transmittance * torch.where(live, one_minus, torch.ones_like(one_minus)).prod(-1)
-    median_mask = live & (before > 0.5)
-    last = torch.where(median_mask, torch.arange(1, ids.shape[1] + 1, device=ids.device), 0).argmax(-1)
-    median = torch.where(median_mask.any(-1), depth.gather(1, last), torch.full_like(new_t, float("nan")))
-    return (new_t, depth_sum + weighted_depth.sum(-1), done | ends.any(-1),
-            torch.einsum("apk,akc->apc", weight, color), torch.einsum("apk,akc->apc", weight, normal), distortion,
-            median)
-
-
-def _tiles(pixels, table, counts, done, attrs, chunk: int):
-    """All rounds of one batch of tiles (a tiles, P pixels): the tile's surfels `chunk` at a time, front to back,
-    until every pixel is done or the list ends. Returns the final per-pixel (transmittance, depth_sum, median,
-    rgb, normal, distortion), each (a,P,...); one call is one checkpoint, so recomputation holds one batch."""
-    pix, channels = pixels.shape[1], attrs[4].shape[-1]
-    like = attrs[0].new_zeros(())
-    transmittance, depth_sum, median = like.new_ones(len(table), pix), like.new_zeros(len(table), pix), \
-        like.new_zeros(len(table), pix)
-    rgb, normal = like.new_zeros(len(table), pix, channels), like.new_zeros(len(table), pix, 3)
-    distortion = like.new_zeros(len(table), pix)
+    tiles, pix = pixels.shape[:2]
+    done = done.clone()
+    homogeneous = torch.cat([pixels, torch.ones_like(pixels[..., :1])], dim=-1)  # (a,P,3)
+    transmittance = pixels.new_ones(tiles, pix)
+    tiny = torch.finfo(pixels.dtype).tiny
+    found_pixel, found_surfel = [], []
     for start in range(0, table.shape[1], chunk):
         active = torch.nonzero((counts > start) & ~done.all(-1))[:, 0]
         if active.numel() == 0:
             break
-        state = (transmittance[active], depth_sum[active], done[active])
-        new_t, new_sum, new_done, d_rgb, d_normal, d_dist, d_median = _round(
-            pixels[active], state, attrs, table[active, start:start + chunk])
-        transmittance = transmittance.index_copy(0, active, new_t)
-        depth_sum = depth_sum.index_copy(0, active, new_sum)
-        done = done.index_copy(0, active, new_done)
-        rgb, normal = rgb.index_add(0, active, d_rgb), normal.index_add(0, active, d_normal)
-        distortion = distortion.index_add(0, active, d_dist)
-        median = median.index_copy(0, active, torch.where(torch.isnan(d_median), median[active], d_median))
-    return transmittance, depth_sum, median, rgb, normal, distortion
+        ids = table[active, start:start + chunk]  # (a,K)
+        k = ids.shape[1]
+        rows = planes[ids].permute(0, 2, 3, 1).reshape(len(active), 3, 3 * k)  # [row, xyz·K + k]
+        cross = torch.bmm(homogeneous[active], rows)  # (a,P,3K): c_x, c_y, c_z blocks
+        cx, cy, cz = cross[..., :k], cross[..., k:2 * k], cross[..., 2 * k:]
+        cz_squared = cz * cz
+        sigma = cx * cx
+        sigma.addcmul_(cy, cy).div_(cz_squared).mul_(0.5)  # ½ρ_3d
+        mean = centre[ids]  # (a,K,2)
+        distance = pixels[active, :, None, 0] - mean[:, None, :, 0]
+        distance.mul_(distance)
+        dy = pixels[active, :, None, 1] - mean[:, None, :, 1]
+        distance.addcmul_(dy, dy)  # ½ρ_2d
+        torch.minimum(sigma, distance, out=sigma)
+        alpha = sigma.neg_().exp_().mul_(opacity[ids][:, None]).clamp_max_(ALPHA_MAX)
+        keep = (alpha >= ALPHA_THRESHOLD) & (cz_squared > tiny) & ~done[active][..., None]
+        after = torch.cumprod(alpha.masked_fill_(~keep, 0.0).neg_().add_(1.0), dim=-1).mul_(transmittance[active][..., None])
+        live = keep & (after > TRANSMITTANCE_MIN)  # T only falls: the surfel that ends a pixel and all after it
+        transmittance[active] = after[..., -1]
+        done[active] |= after[..., -1] <= TRANSMITTANCE_MIN
+        tile, pixel, slot = torch.nonzero(live, as_tuple=True)
+        found_pixel.append(active[tile] * pix + pixel)
+        found_surfel.append(ids[tile, slot])
+    if not found_pixel:
+        return table.new_zeros(0), table.new_zeros(0)
+    return torch.cat(found_pixel), torch.cat(found_surfel)
+
+
+def _tiles(pixels, table, counts, done, attrs, chunk: int, tile_batch: int):
+    """Tiles a with P pixels each: the search pass `tile_batch` tiles at a time, then the differentiable
+    compositing of the live pairs → final per-pixel (transmittance, depth_sum, median, rgb, normal, distortion),
+    each (a,P,...); one call is one checkpoint, so recomputation holds one call's tiles."""
+    planes, centre, opacity, depth, color, normal = attrs
+    tiles, pix = pixels.shape[:2]
+    pixel, surfel = [], []
+    for part in torch.arange(tiles, device=pixels.device).split(tile_batch):
+        found_pixel, found_surfel = _live_pairs(pixels[part], table[part], counts[part], done[part], planes,
+                                                centre, opacity, chunk)
+        pixel.append(part[found_pixel // pix] * pix + found_pixel % pix)
+        surfel.append(found_surfel)
+    pixel, surfel = torch.cat(pixel), torch.cat(surfel)
+    order = torch.argsort(pixel, stable=True)  # by pixel, front to back within it
+    packed = pack(planes, centre, opacity, depth, normal, color)
+    maps = composite_pixels(pixels.reshape(-1, 2), pixel[order], surfel[order], packed, pad=packed.shape[1] - 1)
+    return tuple(m.reshape(tiles, pix, *m.shape[1:]) for m in maps)
 
 
 def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tensor, width: int, height: int,
@@ -188,10 +189,13 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
         needs_grad = torch.is_grad_enabled() and any(a.requires_grad for a in attrs)
         checkpoint = needs_grad and len(occupied) * pix > AUTO_CHECKPOINT_PIXELS
     parts = []
-    for part in torch.arange(len(occupied), device=colors.device).split(tile_batch) if len(occupied) else ():
-        args = (pixels[part], table[part], counts[part], done[part], *attrs)  # a checkpoint re-runs later
-        run = lambda p, t, c, d, *a: _tiles(p, t, c, d, a, chunk)  # noqa: E731
-        parts.append(torch_checkpoint(run, *args, use_reentrant=False) if checkpoint else run(*args))
+    run = lambda p, t, c, d, *a: _tiles(p, t, c, d, a, chunk, tile_batch)  # noqa: E731
+    if checkpoint:  # one checkpoint per tile batch: a checkpoint re-runs its search and compositing later
+        for part in torch.arange(len(occupied), device=colors.device).split(tile_batch):
+            parts.append(torch_checkpoint(run, pixels[part], table[part], counts[part], done[part], *attrs,
+                                          use_reentrant=False))
+    elif len(occupied):
+        parts.append(run(pixels, table, counts, done, *attrs))
     if parts:
         transmittance, depth_sum, median, rgb, normal, distortion = (
             torch.cat(outputs) if len(parts) > 1 else outputs[0] for outputs in zip(*parts))
