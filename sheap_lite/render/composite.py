@@ -58,28 +58,35 @@ def composite_rows(pixels: torch.Tensor, ids: torch.Tensor, real: torch.Tensor, 
 def composite_pixels(pixels: torch.Tensor, pixel: torch.Tensor, surfel: torch.Tensor, packed: torch.Tensor,
                      pad: int):
     """Per-pixel maps from live pairs: pixels (Q,2) centres, pixel (n,) and surfel (n,) the pairs sorted by
-    (pixel, front to back) → (transmittance, depth_sum, median, rgb (Q,C), normal (Q,3), distortion), (Q,)."""
+    (pixel, front to back) → (transmittance, depth_sum, median, rgb (Q,C), normal (Q,3), distortion), (Q,).
+
+    Rows of 2**level slots hold the pixels with (2**(level−1), 2**level] live pairs; all levels share one flat
+    id buffer, filled by a single scatter.
+    """
+    device = pixel.device
     count = torch.bincount(pixel, minlength=len(pixels))
-    position = torch.arange(len(pixel), device=pixel.device) - (torch.cumsum(count, 0) - count)[pixel]
+    position = torch.arange(len(pixel), device=device) - (torch.cumsum(count, 0) - count)[pixel]
     rows = torch.nonzero(count)[:, 0]
-    width = torch.ceil(torch.log2(count[rows].to(torch.float64))).long()  # bucket: count ≤ 2**width
-    bucket_of_pixel = torch.full_like(count, -1)
-    bucket_of_pixel[rows] = width
-    outputs, placed = [], []
-    for level in torch.unique(width).tolist():
-        members = rows[width == level]
-        slot = torch.full_like(count, -1)
-        slot[members] = torch.arange(len(members), device=pixel.device)
-        in_bucket = torch.nonzero(bucket_of_pixel[pixel] == level)[:, 0]
-        ids = torch.full((len(members), 2 ** level), pad, dtype=torch.long, device=pixel.device)
-        ids[slot[pixel[in_bucket]], position[in_bucket]] = surfel[in_bucket]
-        outputs.append(composite_rows(pixels[members], ids, ids != pad, packed))
-        placed.append(members)
+    level = torch.ceil(torch.log2(count[rows].to(torch.float64))).long()
+    level, order = torch.sort(level, stable=True)
+    rows = rows[order]
+    rows_per_level = torch.bincount(level)
+    widths = 2 ** torch.arange(len(rows_per_level), device=device)
+    offsets = torch.cumsum(rows_per_level * widths, 0) - rows_per_level * widths  # of each level in the buffer
+    first_row = torch.cumsum(rows_per_level, 0) - rows_per_level
+    start_of_pixel = torch.zeros_like(count)
+    start_of_pixel[rows] = offsets[level] + (torch.arange(len(rows), device=device) - first_row[level]) * widths[level]
+    ids = torch.full((int((rows_per_level * widths).sum()),), pad, dtype=torch.long, device=device)
+    ids[start_of_pixel[pixel] + position] = surfel
+    outputs = []
+    for lvl, (n_rows, offset, first) in enumerate(zip(rows_per_level.tolist(), offsets.tolist(), first_row.tolist())):
+        if n_rows:
+            table = ids[offset:offset + n_rows * 2 ** lvl].view(n_rows, 2 ** lvl)
+            outputs.append(composite_rows(pixels[rows[first:first + n_rows]], table, table != pad, packed))
     channels = len(packed) - FEATURES
     like = packed.new_zeros(())
     maps = [like.new_ones(len(pixels)), like.new_zeros(len(pixels)), like.new_zeros(len(pixels)),
             like.new_zeros(len(pixels), channels), like.new_zeros(len(pixels), 3), like.new_zeros(len(pixels))]
     if not outputs:  # nothing live: still tied to the inputs, so that a loss can call backward()
         return tuple(m + 0.0 * packed.sum() for m in maps)
-    placed = torch.cat(placed)
-    return tuple(base.index_copy(0, placed, torch.cat(parts)) for base, parts in zip(maps, zip(*outputs)))
+    return tuple(base.index_copy(0, rows, torch.cat(parts)) for base, parts in zip(maps, zip(*outputs)))
