@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
-from .composite import ALPHA_MAX, composite_pixels, pack
+from .composite import ALPHA_MAX, FEATURES, composite_rows, pack
+from .fused import CompositeRows
 from .projection import ALPHA_THRESHOLD, Projected, support_box, tile_count
 
 TRANSMITTANCE_MIN = 1e-4
@@ -145,6 +146,45 @@ def _tiles(pixels, table, counts, done, attrs, chunk: int, tile_batch: int):
     packed = pack(planes, centre, opacity, depth, normal, color)
     maps = composite_pixels(pixels.reshape(-1, 2), pixel[order], surfel[order], packed, pad=packed.shape[1] - 1)
     return tuple(m.reshape(tiles, pix, *m.shape[1:]) for m in maps)
+
+
+def composite_pixels(pixels: torch.Tensor, pixel: torch.Tensor, surfel: torch.Tensor, packed: torch.Tensor,
+                     pad: int, fused: bool = True):
+    """Per-pixel maps from live pairs: pixels (Q,2) centres, pixel (n,) and surfel (n,) the pairs sorted by
+    (pixel, front to back) → (transmittance, depth_sum, median, rgb (Q,C), normal (Q,3), distortion), (Q,).
+
+    Rows of 2**level slots hold the pixels with (2**(level−1), 2**level] live pairs; all levels share one flat
+    id buffer, filled by a single scatter. `fused`: `fused.CompositeRows` (hand-derived backward), else autograd
+    through `composite.composite_rows` (the reference).
+    """
+    composite = CompositeRows.apply if fused else composite_rows
+    device = pixel.device
+    count = torch.bincount(pixel, minlength=len(pixels))
+    position = torch.arange(len(pixel), device=device) - (torch.cumsum(count, 0) - count)[pixel]
+    rows = torch.nonzero(count)[:, 0]
+    level = torch.ceil(torch.log2(count[rows].to(torch.float64))).long()
+    level, order = torch.sort(level, stable=True)
+    rows = rows[order]
+    rows_per_level = torch.bincount(level)
+    widths = 2 ** torch.arange(len(rows_per_level), device=device)
+    offsets = torch.cumsum(rows_per_level * widths, 0) - rows_per_level * widths  # of each level in the buffer
+    first_row = torch.cumsum(rows_per_level, 0) - rows_per_level
+    start_of_pixel = torch.zeros_like(count)
+    start_of_pixel[rows] = offsets[level] + (torch.arange(len(rows), device=device) - first_row[level]) * widths[level]
+    ids = torch.full((int((rows_per_level * widths).sum()),), pad, dtype=torch.long, device=device)
+    ids[start_of_pixel[pixel] + position] = surfel
+    outputs = []
+    for lvl, (n_rows, offset, first) in enumerate(zip(rows_per_level.tolist(), offsets.tolist(), first_row.tolist())):
+        if n_rows:
+            table = ids[offset:offset + n_rows * 2 ** lvl].view(n_rows, 2 ** lvl)
+            outputs.append(composite(pixels[rows[first:first + n_rows]], table, table != pad, packed))
+    channels = len(packed) - FEATURES
+    like = packed.new_zeros(())
+    maps = [like.new_ones(len(pixels)), like.new_zeros(len(pixels)), like.new_zeros(len(pixels)),
+            like.new_zeros(len(pixels), channels), like.new_zeros(len(pixels), 3), like.new_zeros(len(pixels))]
+    if not outputs:  # nothing live: still tied to the inputs, so that a loss can call backward()
+        return tuple(m + 0.0 * packed.sum() for m in maps)
+    return tuple(base.index_copy(0, rows, torch.cat(parts)) for base, parts in zip(maps, zip(*outputs)))
 
 
 def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tensor, width: int, height: int,
