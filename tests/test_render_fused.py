@@ -40,7 +40,9 @@ def _rows(seed, rows=5, width=6, surfels=7, channels=3):
 def test_fused_backward_matches_autograd_reference(seed):
     pixels, ids, real, packed = _rows(seed)
     leaf_a, leaf_b = packed.clone().requires_grad_(), packed.clone().requires_grad_()
-    fused, reference = CompositeRows.apply(pixels, ids, real, leaf_a), composite_rows(pixels, ids, real, leaf_b)
+    layout = [(0, 2, ids.shape[1], 0), (2, 3, ids.shape[1], 2 * ids.shape[1])]  # two chunks of rows
+    fused = CompositeRows.apply(pixels, ids.reshape(-1), layout, leaf_a)
+    reference = composite_rows(pixels, ids, real, leaf_b)
     g = torch.Generator().manual_seed(10 + seed)
     weights = [torch.randn(o.shape, generator=g, dtype=D) for o in reference]
     for a, b in zip(fused, reference):
@@ -52,8 +54,9 @@ def test_fused_backward_matches_autograd_reference(seed):
 
 
 def test_fused_backward_passes_gradcheck():
-    pixels, ids, real, packed = _rows(2, rows=3, width=4, surfels=5)
-    assert torch.autograd.gradcheck(lambda p: CompositeRows.apply(pixels, ids, real, p),
+    pixels, ids, _, packed = _rows(2, rows=3, width=4, surfels=5)
+    layout = [(0, len(ids), ids.shape[1], 0)]
+    assert torch.autograd.gradcheck(lambda p: CompositeRows.apply(pixels, ids.reshape(-1), layout, p),
                                     (packed.clone().requires_grad_(),), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 

@@ -40,69 +40,105 @@ def _gather(packed, ids):
     return packed.index_select(1, ids.reshape(-1)).view(len(packed), *ids.shape)  # (F,R,L)
 
 
+def _forward_rows(pixels, ids, real, features):
+    """One chunk's forward (no autograd): α (R,L) and `composite_rows`'s six outputs, plus the median's index."""
+    *_, rho3d, _, _, rho2d = _geometry(pixels, features, real)
+    raw = features[11] * torch.exp(-0.5 * torch.minimum(rho3d, rho2d))
+    alpha = torch.where(real, raw.clamp_max(ALPHA_MAX), 0.0)
+    after = torch.cumprod(1.0 - alpha, dim=-1)
+    before = torch.cat([torch.ones_like(after[:, :1]), after[:, :-1]], dim=-1)
+    weight = alpha * before
+    depth = features[12]
+    weighted_depth = weight * depth
+    prior = torch.cumsum(weighted_depth, dim=-1) - weighted_depth
+    distortion = 2.0 * (weighted_depth * (1.0 - before) - weight * prior).sum(-1)
+    median_mask = real & (before > 0.5)
+    last = torch.where(median_mask, torch.arange(1, ids.shape[1] + 1, device=ids.device), 0).argmax(-1)
+    has_median = median_mask.any(-1)
+    median = torch.where(has_median, depth.gather(1, last[:, None])[:, 0], 0.0)
+    outputs = (after[:, -1], weighted_depth.sum(-1), median, torch.einsum("rl,crl->rc", weight, features[FEATURES:]),
+               torch.einsum("rl,crl->rc", weight, features[13:16]), distortion)
+    return alpha, outputs, last, has_median
+
+
+def _backward_rows(pixels, real, features, alpha, last, has_median, g_t, g_depth, g_median, g_rgb, g_normal,
+                   g_dist):
+    """One chunk's backward: ∂L/∂features (F,R,L) from the upstream gradients of its rows (module docstring)."""
+    cx, cy, cz, inverse, rho3d, dx, dy, rho2d = _geometry(pixels, features, real)
+    depth, color, normal = features[12], features[FEATURES:], features[13:16]
+    one_minus = 1.0 - alpha
+    after = torch.cumprod(one_minus, dim=-1)
+    before = torch.cat([torch.ones_like(after[:, :1]), after[:, :-1]], dim=-1)
+    weight = alpha * before
+    weighted_depth = weight * depth
+    inclusive_w, inclusive_wz = torch.cumsum(weight, -1), torch.cumsum(weighted_depth, -1)
+    prior = inclusive_wz - weighted_depth  # P_i
+    behind_w = inclusive_w[:, -1:] - inclusive_w  # B_i
+    behind_wz = inclusive_wz[:, -1:] - inclusive_wz  # Q_i
+    front_w = 1.0 - before  # A_i
+    g_d2 = 2.0 * g_dist[:, None]
+    g_w = (torch.einsum("rc,crl->rl", g_rgb, color) + torch.einsum("rc,crl->rl", g_normal, normal)
+           + g_depth[:, None] * depth + g_d2 * (depth * (front_w - behind_w) - prior + behind_wz))
+    g_z = weight * (g_depth[:, None] + g_d2 * (front_w - behind_w))
+    g_z.scatter_add_(1, last[:, None], (g_median * has_median)[:, None].to(g_z.dtype))
+    gw_w = g_w * weight
+    behind_gw = gw_w.sum(-1, keepdim=True) - torch.cumsum(gw_w, -1)
+    g_alpha = g_w * before - (behind_gw + (g_t * after[:, -1])[:, None]) / one_minus
+    falloff = torch.exp(-0.5 * torch.minimum(rho3d, rho2d))
+    raw = features[11] * falloff
+    g_raw = torch.where(real & (raw <= ALPHA_MAX), g_alpha, 0.0)
+    g_sigma_half = -0.5 * g_raw * raw  # ∂L/∂ρ of the smaller ρ
+    from_3d = rho3d <= rho2d
+    g_rho3d = torch.where(from_3d, g_sigma_half, 0.0)
+    g_rho2d = torch.where(from_3d, 0.0, g_sigma_half)
+    g_cx, g_cy = 2.0 * g_rho3d * inverse * cx, 2.0 * g_rho3d * inverse * cy
+    g_cz = -2.0 * g_rho3d * rho3d / cz
+    px, py = pixels[:, None, 0], pixels[:, None, 1]
+    g_c = (g_cx, g_cy, g_cz)
+    grads = ([px * g for g in g_c] + [py * g for g in g_c] + list(g_c)
+             + [-4.0 * g_rho2d * dx, -4.0 * g_rho2d * dy, g_raw * falloff, g_z]
+             + [weight * g[:, None] for g in g_normal.T] + [weight * g[:, None] for g in g_rgb.T])
+    return torch.stack(grads)
+
+
 class CompositeRows(torch.autograd.Function):
-    """apply(pixels (R,2), ids (R,L), real (R,L), packed (F,S)) → `composite_rows`'s six outputs; gradients
-    for `packed` only."""
+    """apply(pixels (R,2), ids (n,), layout, packed (F,S)) → `composite_rows`'s six outputs (R,…) for all rows;
+    gradients for `packed` only. Rows come in chunks: `layout` lists (first row, rows, width, offset in `ids`);
+    chunk c's ids are ids[offset : offset + rows·width] as (rows, width), padded with id S − 1.
+    Chunks keep every intermediate small enough for the CPU's cache (tensors of a few 10⁴ elements run several
+    times faster per element than tensors of 10⁶, whose fresh pages the allocator faults in each time)."""
 
     @staticmethod
-    def forward(ctx, pixels, ids, real, packed):
-        features = _gather(packed, ids)
-        *_, rho3d, _, _, rho2d = _geometry(pixels, features, real)
-        raw = features[11] * torch.exp(-0.5 * torch.minimum(rho3d, rho2d))
-        alpha = torch.where(real, raw.clamp_max(ALPHA_MAX), 0.0)
-        after = torch.cumprod(1.0 - alpha, dim=-1)
-        before = torch.cat([torch.ones_like(after[:, :1]), after[:, :-1]], dim=-1)
-        weight = alpha * before
-        depth = features[12]
-        weighted_depth = weight * depth
-        prior = torch.cumsum(weighted_depth, dim=-1) - weighted_depth
-        distortion = 2.0 * (weighted_depth * (1.0 - before) - weight * prior).sum(-1)
-        median_mask = real & (before > 0.5)
-        last = torch.where(median_mask, torch.arange(1, ids.shape[1] + 1, device=ids.device), 0).argmax(-1)
-        has_median = median_mask.any(-1)
-        median = torch.where(has_median, depth.gather(1, last[:, None])[:, 0], 0.0)
-        ctx.save_for_backward(pixels, ids, real, packed, alpha, last, has_median)
-        return (after[:, -1], weighted_depth.sum(-1), median, torch.einsum("rl,crl->rc", weight, features[FEATURES:]),
-                torch.einsum("rl,crl->rc", weight, features[13:16]), distortion)
+    def forward(ctx, pixels, ids, layout, packed):
+        rows, pad = len(pixels), packed.shape[1] - 1
+        outputs = [packed.new_empty(rows), packed.new_empty(rows), packed.new_empty(rows),
+                   packed.new_empty(rows, len(packed) - FEATURES), packed.new_empty(rows, 3), packed.new_empty(rows)]
+        alpha = packed.new_empty(ids.shape)
+        last = ids.new_empty(rows)
+        has_median = torch.empty(rows, dtype=torch.bool, device=ids.device)
+        for first, count, width, offset in layout:
+            chunk = ids[offset:offset + count * width].view(count, width)
+            span = slice(first, first + count)
+            a, outs, last[span], has_median[span] = _forward_rows(pixels[span], chunk, chunk != pad,
+                                                                  _gather(packed, chunk))
+            alpha[offset:offset + count * width] = a.reshape(-1)
+            for out, value in zip(outputs, outs):
+                out[span] = value
+        ctx.layout = layout
+        ctx.save_for_backward(pixels, ids, packed, alpha, last, has_median)
+        return tuple(outputs)
 
     @staticmethod
-    def backward(ctx, g_t, g_depth, g_median, g_rgb, g_normal, g_dist):
-        pixels, ids, real, packed, alpha, last, has_median = ctx.saved_tensors
-        features = _gather(packed, ids)
-        cx, cy, cz, inverse, rho3d, dx, dy, rho2d = _geometry(pixels, features, real)
-        depth, color, normal = features[12], features[FEATURES:], features[13:16]
-        one_minus = 1.0 - alpha
-        after = torch.cumprod(one_minus, dim=-1)
-        before = torch.cat([torch.ones_like(after[:, :1]), after[:, :-1]], dim=-1)
-        weight = alpha * before
-        weighted_depth = weight * depth
-        inclusive_w, inclusive_wz = torch.cumsum(weight, -1), torch.cumsum(weighted_depth, -1)
-        prior = inclusive_wz - weighted_depth  # P_i
-        behind_w = inclusive_w[:, -1:] - inclusive_w  # B_i
-        behind_wz = inclusive_wz[:, -1:] - inclusive_wz  # Q_i
-        front_w = 1.0 - before  # A_i
-        g_d2 = 2.0 * g_dist[:, None]
-        g_w = (torch.einsum("rc,crl->rl", g_rgb, color) + torch.einsum("rc,crl->rl", g_normal, normal)
-               + g_depth[:, None] * depth + g_d2 * (depth * (front_w - behind_w) - prior + behind_wz))
-        g_z = weight * (g_depth[:, None] + g_d2 * (front_w - behind_w))
-        g_z.scatter_add_(1, last[:, None], (g_median * has_median)[:, None].to(g_z.dtype))
-        gw_w = g_w * weight
-        behind_gw = gw_w.sum(-1, keepdim=True) - torch.cumsum(gw_w, -1)
-        g_alpha = g_w * before - (behind_gw + (g_t * after[:, -1])[:, None]) / one_minus
-        falloff = torch.exp(-0.5 * torch.minimum(rho3d, rho2d))
-        raw = features[11] * falloff
-        g_raw = torch.where(real & (raw <= ALPHA_MAX), g_alpha, 0.0)
-        g_sigma_half = -0.5 * g_raw * raw  # ∂L/∂ρ of the smaller ρ
-        from_3d = rho3d <= rho2d
-        g_rho3d = torch.where(from_3d, g_sigma_half, 0.0)
-        g_rho2d = torch.where(from_3d, 0.0, g_sigma_half)
-        g_cx, g_cy = 2.0 * g_rho3d * inverse * cx, 2.0 * g_rho3d * inverse * cy
-        g_cz = -2.0 * g_rho3d * rho3d / cz
-        px, py = pixels[:, None, 0], pixels[:, None, 1]
-        g_c = (g_cx, g_cy, g_cz)
-        grads = ([px * g for g in g_c] + [py * g for g in g_c] + list(g_c)
-                 + [-4.0 * g_rho2d * dx, -4.0 * g_rho2d * dy, g_raw * falloff, g_z]
-                 + [weight * g[:, None] for g in g_normal.T] + [weight * g[:, None] for g in g_rgb.T])
-        g_features = torch.stack(grads).view(len(packed), -1)
-        g_packed = torch.zeros_like(packed).index_add_(1, ids.reshape(-1), g_features)
+    def backward(ctx, *upstream):
+        pixels, ids, packed, alpha, last, has_median = ctx.saved_tensors
+        pad = packed.shape[1] - 1
+        g_packed = torch.zeros_like(packed)
+        for first, count, width, offset in ctx.layout:
+            flat = ids[offset:offset + count * width]
+            chunk = flat.view(count, width)
+            span = slice(first, first + count)
+            g_features = _backward_rows(pixels[span], chunk != pad, _gather(packed, chunk),
+                                        alpha[offset:offset + count * width].view(count, width), last[span],
+                                        has_median[span], *(g[span] for g in upstream))
+            g_packed.index_add_(1, flat, g_features.view(len(packed), -1))
         return None, None, None, g_packed

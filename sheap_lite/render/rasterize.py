@@ -34,6 +34,7 @@ from .projection import ALPHA_THRESHOLD, Projected, support_box, tile_count
 
 TRANSMITTANCE_MIN = 1e-4
 OPTIONS = ("tile_size", "chunk", "tile_batch", "checkpoint")
+CHUNK_PAIRS = 32768  # compositing: pixel×surfel slots per chunk (cache-sized; see fused.CompositeRows)
 AUTO_CHECKPOINT_PIXELS = 512 * 512  # checkpoint=None: recompute in the backward pass above this many pixels
 
 
@@ -157,7 +158,6 @@ def composite_pixels(pixels: torch.Tensor, pixel: torch.Tensor, surfel: torch.Te
     id buffer, filled by a single scatter. `fused`: `fused.CompositeRows` (hand-derived backward), else autograd
     through `composite.composite_rows` (the reference).
     """
-    composite = CompositeRows.apply if fused else composite_rows
     device = pixel.device
     count = torch.bincount(pixel, minlength=len(pixels))
     position = torch.arange(len(pixel), device=device) - (torch.cumsum(count, 0) - count)[pixel]
@@ -173,11 +173,16 @@ def composite_pixels(pixels: torch.Tensor, pixel: torch.Tensor, surfel: torch.Te
     start_of_pixel[rows] = offsets[level] + (torch.arange(len(rows), device=device) - first_row[level]) * widths[level]
     ids = torch.full((int((rows_per_level * widths).sum()),), pad, dtype=torch.long, device=device)
     ids[start_of_pixel[pixel] + position] = surfel
-    outputs = []
+    layout = []  # (first row, rows, width, offset in ids): chunks of about CHUNK_PAIRS slots
     for lvl, (n_rows, offset, first) in enumerate(zip(rows_per_level.tolist(), offsets.tolist(), first_row.tolist())):
-        if n_rows:
-            table = ids[offset:offset + n_rows * 2 ** lvl].view(n_rows, 2 ** lvl)
-            outputs.append(composite(pixels[rows[first:first + n_rows]], table, table != pad, packed))
+        step = max(1, CHUNK_PAIRS >> lvl)
+        layout += [(first + r, min(step, n_rows - r), 2 ** lvl, offset + (r << lvl)) for r in range(0, n_rows, step)]
+    if fused and layout:
+        outputs = [CompositeRows.apply(pixels[rows], ids, layout, packed)]
+    else:
+        outputs = [composite_rows(pixels[rows[first:first + count]], chunk, chunk != pad, packed)
+                   for first, count, width, offset in layout
+                   for chunk in (ids[offset:offset + count * width].view(count, width),)]
     channels = len(packed) - FEATURES
     like = packed.new_zeros(())
     maps = [like.new_ones(len(pixels)), like.new_zeros(len(pixels)), like.new_zeros(len(pixels)),
