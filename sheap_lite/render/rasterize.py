@@ -178,7 +178,7 @@ def composite_pixels(pixels: torch.Tensor, pixel: torch.Tensor, surfel: torch.Te
         step = max(1, CHUNK_PAIRS >> lvl)
         layout += [(first + r, min(step, n_rows - r), 2 ** lvl, offset + (r << lvl)) for r in range(0, n_rows, step)]
     if fused and layout:
-        outputs = [CompositeRows.apply(pixels[rows], ids, layout, packed)]
+        outputs = [CompositeRows.apply(pixels[rows], count[rows], ids, layout, packed)]
     else:
         outputs = [composite_rows(pixels[rows[first:first + count]], chunk, chunk != pad, packed)
                    for first, count, width, offset in layout
@@ -229,7 +229,9 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
                           torch.linalg.cross(u_m, v_m)], dim=1)  # per surfel, once (not per tile and round)
     per_surfel = (planes, projected.means2d.reshape(-1, 2), opacities.reshape(-1), projected.depths.reshape(-1),
                   colors.reshape(-1, channels), projected.normals.reshape(-1, 3))
-    attrs = tuple(torch.cat([a, a.new_zeros(1, *a.shape[1:])]) for a in per_surfel)  # + the padding surfel
+    padding = [a.new_zeros(1, *a.shape[1:]) for a in per_surfel]  # a surfel of opacity 0 whose c_z is 1
+    padding[0][0, 2, 2] = 1.0
+    attrs = tuple(torch.cat([a, pad]) for a, pad in zip(per_surfel, padding))
     if checkpoint is None:
         needs_grad = torch.is_grad_enabled() and any(a.requires_grad for a in attrs)
         checkpoint = needs_grad and len(occupied) * pix > AUTO_CHECKPOINT_PIXELS
