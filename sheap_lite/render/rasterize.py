@@ -34,6 +34,7 @@ from .projection import ALPHA_THRESHOLD, Projected, support_box, tile_count
 
 TRANSMITTANCE_MIN = 1e-4
 OPTIONS = ("tile_size", "chunk", "tile_batch", "checkpoint")
+SEARCH_PAIRS = 131072  # search pass: pixel×surfel pairs per round at most (unless one tile holds more)
 CHUNK_PAIRS = 32768  # compositing: pixel×surfel slots per chunk (cache-sized; see fused.CompositeRows)
 AUTO_CHECKPOINT_PIXELS = 512 * 512  # checkpoint=None: recompute in the backward pass above this many pixels
 
@@ -84,22 +85,24 @@ def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: in
 
 
 @torch.no_grad()
-def _live_pairs(pixels, table, counts, done, planes, centre, opacity, chunk: int):
+def _live_pairs(pixels, table, counts, inside, planes, centre, opacity, chunk: int):
     """The search pass, without gradients: which pairs are composited, over tiles a, pixels P, rounds of K.
 
-    pixels (a,P,2), table (a,L) front-to-back surfel ids, counts (a,), done (a,P) pixels outside the image,
-    per-surfel planes (S,3,3), centre (S,2), opacity (S,) → (pixel (n,) = tile·P + p, surfel (n,)) of every pair
-    with α ≥ 1/255 in front of the pixel's termination, ordered by round (callers sort by pixel, stably). The
-    intersections of a round are one batched matmul [p_x, p_y, 1]·planes; the rest runs in place.
+    pixels (a,P,2), table (a,L) front-to-back surfel ids, counts (a,), inside (a,P) pixels in the image,
+    per-surfel planes (S,3,3), centre (S,2), opacity (S,) → pixel (n,) = tile·P + p, position (n,) (0, 1, … front
+    to back within the pixel), surfel (n,) of every pair with α ≥ 1/255 in front of the pixel's termination, and
+    the number of such pairs per pixel (a·P,). A pixel is done when T ≤ 1e-4 (pixels outside start at T = 0).
+    The intersections of a round are one batched matmul [p_x, p_y, 1]·planes; the rest runs in place on float
+    tensors (comparisons and masked fills are several times slower per element on CPU).
     """
     tiles, pix = pixels.shape[:2]
-    done = done.clone()
     homogeneous = torch.cat([pixels, torch.ones_like(pixels[..., :1])], dim=-1)  # (a,P,3)
-    transmittance = pixels.new_ones(tiles, pix)
+    transmittance = inside.to(pixels.dtype)
+    found = table.new_zeros(tiles, pix)  # live pairs so far per pixel
     tiny = torch.finfo(pixels.dtype).tiny
-    found_pixel, found_surfel = [], []
+    found_pixel, found_position, found_surfel = [], [], []
     for start in range(0, table.shape[1], chunk):
-        active = torch.nonzero((counts > start) & ~done.all(-1))[:, 0]
+        active = torch.nonzero((counts > start) & (transmittance > TRANSMITTANCE_MIN).any(-1))[:, 0]
         if active.numel() == 0:
             break
         ids = table[active, start:start + chunk]  # (a,K)
@@ -108,8 +111,9 @@ def _live_pairs(pixels, table, counts, done, planes, centre, opacity, chunk: int
         cross = torch.bmm(homogeneous[active], rows)  # (a,P,3K): c_x, c_y, c_z blocks
         cx, cy, cz = cross[..., :k], cross[..., k:2 * k], cross[..., 2 * k:]
         cz_squared = cz * cz
+        keep = cz_squared > tiny
         sigma = cx * cx
-        sigma.addcmul_(cy, cy).div_(cz_squared).mul_(0.5)  # ½ρ_3d
+        sigma.addcmul_(cy, cy).div_(cz_squared.clamp_min_(tiny)).mul_(0.5)  # ½ρ_3d, finite or inf (never NaN)
         mean = centre[ids]  # (a,K,2)
         distance = pixels[active, :, None, 0] - mean[:, None, :, 0]
         distance.mul_(distance)
@@ -117,50 +121,56 @@ def _live_pairs(pixels, table, counts, done, planes, centre, opacity, chunk: int
         distance.addcmul_(dy, dy)  # ½ρ_2d
         torch.minimum(sigma, distance, out=sigma)
         alpha = sigma.neg_().exp_().mul_(opacity[ids][:, None]).clamp_max_(ALPHA_MAX)
-        keep = (alpha >= ALPHA_THRESHOLD) & (cz_squared > tiny) & ~done[active][..., None]
-        after = torch.cumprod(alpha.masked_fill_(~keep, 0.0).neg_().add_(1.0), dim=-1).mul_(transmittance[active][..., None])
-        live = keep & (after > TRANSMITTANCE_MIN)  # T only falls: the surfel that ends a pixel and all after it
+        keep &= alpha >= ALPHA_THRESHOLD
+        after = torch.cumprod(torch.rsub(alpha.mul_(keep), 1.0), dim=-1).mul_(transmittance[active][..., None])
+        live = keep.logical_and_(after > TRANSMITTANCE_MIN)  # T only falls: the pair that ends a pixel, all after
         transmittance[active] = after[..., -1]
-        done[active] |= after[..., -1] <= TRANSMITTANCE_MIN
+        rank = torch.cumsum(live, dim=-1)  # 1, 2, … over a pixel's live pairs in this round
+        before = found[active]
+        found[active] = before + rank[..., -1]
         tile, pixel, slot = torch.nonzero(live, as_tuple=True)
         found_pixel.append(active[tile] * pix + pixel)
+        found_position.append(before[tile, pixel] + rank[tile, pixel, slot] - 1)
         found_surfel.append(ids[tile, slot])
     if not found_pixel:
-        return table.new_zeros(0), table.new_zeros(0)
-    return torch.cat(found_pixel), torch.cat(found_surfel)
+        return table.new_zeros(0), table.new_zeros(0), table.new_zeros(0), found.reshape(-1)
+    return torch.cat(found_pixel), torch.cat(found_position), torch.cat(found_surfel), found.reshape(-1)
 
 
-def _tiles(pixels, table, counts, done, attrs, chunk: int, tile_batch: int):
-    """Tiles a with P pixels each: the search pass `tile_batch` tiles at a time, then the differentiable
-    compositing of the live pairs → final per-pixel (transmittance, depth_sum, median, rgb, normal, distortion),
-    each (a,P,...); one call is one checkpoint, so recomputation holds one call's tiles."""
+def _tiles(pixels, table, counts, inside, attrs, chunk: int, tile_batch: int):
+    """Tiles a with P pixels each: the search pass a few tiles at a time (at most `tile_batch`, and about
+    SEARCH_PAIRS pairs a round), then the differentiable compositing of the live pairs → final per-pixel
+    (transmittance, depth_sum, median, rgb, normal, distortion), each (a,P,...); one call is one checkpoint,
+    so recomputation holds one call's tiles."""
     planes, centre, opacity, depth, color, normal = attrs
     tiles, pix = pixels.shape[:2]
-    pixel, surfel = [], []
-    for part in torch.arange(tiles, device=pixels.device).split(tile_batch):
-        found_pixel, found_surfel = _live_pairs(pixels[part], table[part], counts[part], done[part], planes,
-                                                centre, opacity, chunk)
+    step = min(tile_batch, max(1, SEARCH_PAIRS // (pix * chunk)))
+    count = table.new_zeros(tiles, pix)
+    pixel, position, surfel = [], [], []
+    for part in torch.argsort(counts, descending=True).split(step):  # similar lengths: fewer half-empty rounds
+        found_pixel, found_position, found_surfel, found_count = _live_pairs(
+            pixels[part], table[part], counts[part], inside[part], planes, centre, opacity, chunk)
         pixel.append(part[found_pixel // pix] * pix + found_pixel % pix)
+        position.append(found_position)
         surfel.append(found_surfel)
-    pixel, surfel = torch.cat(pixel), torch.cat(surfel)
-    order = torch.argsort(pixel, stable=True)  # by pixel, front to back within it
+        count[part] = found_count.view(len(part), pix)
     packed = pack(planes, centre, opacity, depth, normal, color)
-    maps = composite_pixels(pixels.reshape(-1, 2), pixel[order], surfel[order], packed, pad=packed.shape[1] - 1)
+    maps = composite_pixels(pixels.reshape(-1, 2), count.reshape(-1), torch.cat(pixel), torch.cat(position),
+                            torch.cat(surfel), packed)
     return tuple(m.reshape(tiles, pix, *m.shape[1:]) for m in maps)
 
 
-def composite_pixels(pixels: torch.Tensor, pixel: torch.Tensor, surfel: torch.Tensor, packed: torch.Tensor,
-                     pad: int, fused: bool = True):
-    """Per-pixel maps from live pairs: pixels (Q,2) centres, pixel (n,) and surfel (n,) the pairs sorted by
-    (pixel, front to back) → (transmittance, depth_sum, median, rgb (Q,C), normal (Q,3), distortion), (Q,).
+def composite_pixels(pixels: torch.Tensor, count: torch.Tensor, pixel: torch.Tensor, position: torch.Tensor,
+                     surfel: torch.Tensor, packed: torch.Tensor, fused: bool = True):
+    """Per-pixel maps from live pairs: pixels (Q,2) centres, count (Q,) live pairs per pixel, and per pair its
+    pixel, position (front to back) and surfel (n,) → (transmittance, depth_sum, median, rgb (Q,C), normal (Q,3),
+    distortion), each (Q,…). `packed` (F,S) per-surfel features, the last one the padding surfel.
 
     Rows of 2**level slots hold the pixels with (2**(level−1), 2**level] live pairs; all levels share one flat
     id buffer, filled by a single scatter. `fused`: `fused.CompositeRows` (hand-derived backward), else autograd
     through `composite.composite_rows` (the reference).
     """
-    device = pixel.device
-    count = torch.bincount(pixel, minlength=len(pixels))
-    position = torch.arange(len(pixel), device=device) - (torch.cumsum(count, 0) - count)[pixel]
+    device, pad = pixel.device, packed.shape[1] - 1
     rows = torch.nonzero(count)[:, 0]
     level = torch.ceil(torch.log2(count[rows].to(torch.float64))).long()
     level, order = torch.sort(level, stable=True)
@@ -222,7 +232,7 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
     pixels = torch.stack([x, y], dim=-1).to(colors.dtype) + 0.5  # (tiles, P, 2)
 
     like = colors.new_zeros(())
-    done = (x >= width) | (y >= height)
+    inside = (x < width) & (y < height)
     rows = projected.ray_transforms.reshape(-1, 3, 3)
     u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
     planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
@@ -239,10 +249,10 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
     run = lambda p, t, c, d, *a: _tiles(p, t, c, d, a, chunk, tile_batch)  # noqa: E731
     if checkpoint:  # one checkpoint per tile batch: a checkpoint re-runs its search and compositing later
         for part in torch.arange(len(occupied), device=colors.device).split(tile_batch):
-            parts.append(torch_checkpoint(run, pixels[part], table[part], counts[part], done[part], *attrs,
+            parts.append(torch_checkpoint(run, pixels[part], table[part], counts[part], inside[part], *attrs,
                                           use_reentrant=False))
     elif len(occupied):
-        parts.append(run(pixels, table, counts, done, *attrs))
+        parts.append(run(pixels, table, counts, inside, *attrs))
     if parts:
         transmittance, depth_sum, median, rgb, normal, distortion = (
             torch.cat(outputs) if len(parts) > 1 else outputs[0] for outputs in zip(*parts))
