@@ -97,41 +97,46 @@ def _live_pairs(pixels, table, counts, inside, planes, centre, opacity, chunk: i
     """
     tiles, pix = pixels.shape[:2]
     homogeneous = torch.cat([pixels, torch.ones_like(pixels[..., :1])], dim=-1)  # (a,P,3)
+    px, py = pixels[..., 0].contiguous(), pixels[..., 1].contiguous()
     transmittance = inside.to(pixels.dtype)
     found = table.new_zeros(tiles, pix)  # live pairs so far per pixel
     tiny = torch.finfo(pixels.dtype).tiny
     found_pixel, found_position, found_surfel = [], [], []
+    take = lambda values, index: values.index_select(0, index)  # noqa: E731  (1-D indices: the fast gather)
     for start in range(0, table.shape[1], chunk):
         active = torch.nonzero((counts > start) & (transmittance > TRANSMITTANCE_MIN).any(-1))[:, 0]
         if active.numel() == 0:
             break
-        ids = table[active, start:start + chunk]  # (a,K)
-        k = ids.shape[1]
-        rows = planes[ids].permute(0, 2, 3, 1).reshape(len(active), 3, 3 * k)  # [row, xyz·K + k]
-        cross = torch.bmm(homogeneous[active], rows)  # (a,P,3K): c_x, c_y, c_z blocks
+        ids = take(table[:, start:start + chunk], active)  # (a,K)
+        a, k = ids.shape
+        flat_ids = ids.reshape(-1)
+        rows = take(planes, flat_ids).view(a, k, 3, 3).permute(0, 2, 3, 1).reshape(a, 3, 3 * k)  # [row, xyz·K+k]
+        cross = torch.bmm(take(homogeneous, active), rows)  # (a,P,3K): c_x, c_y, c_z blocks
         cx, cy, cz = cross[..., :k], cross[..., k:2 * k], cross[..., 2 * k:]
         cz_squared = cz * cz
         keep = cz_squared > tiny
         sigma = cx * cx
         sigma.addcmul_(cy, cy).div_(cz_squared.clamp_min_(tiny)).mul_(0.5)  # ½ρ_3d, finite or inf (never NaN)
-        mean = centre[ids]  # (a,K,2)
-        distance = pixels[active, :, None, 0] - mean[:, None, :, 0]
+        mean = take(centre, flat_ids).view(a, 1, k, 2)
+        distance = take(px, active)[..., None] - mean[..., 0]
         distance.mul_(distance)
-        dy = pixels[active, :, None, 1] - mean[:, None, :, 1]
+        dy = take(py, active)[..., None] - mean[..., 1]
         distance.addcmul_(dy, dy)  # ½ρ_2d
         torch.minimum(sigma, distance, out=sigma)
-        alpha = sigma.neg_().exp_().mul_(opacity[ids][:, None]).clamp_max_(ALPHA_MAX)
+        alpha = sigma.neg_().exp_().mul_(take(opacity, flat_ids).view(a, 1, k)).clamp_max_(ALPHA_MAX)
         keep &= alpha >= ALPHA_THRESHOLD
-        after = torch.cumprod(torch.rsub(alpha.mul_(keep), 1.0), dim=-1).mul_(transmittance[active][..., None])
+        after = torch.cumprod(torch.rsub(alpha.mul_(keep), 1.0), dim=-1).mul_(take(transmittance, active)[..., None])
         live = keep.logical_and_(after > TRANSMITTANCE_MIN)  # T only falls: the pair that ends a pixel, all after
-        transmittance[active] = after[..., -1]
+        transmittance.index_copy_(0, active, after[..., -1])
         rank = torch.cumsum(live, dim=-1)  # 1, 2, … over a pixel's live pairs in this round
-        before = found[active]
-        found[active] = before + rank[..., -1]
-        tile, pixel, slot = torch.nonzero(live, as_tuple=True)
-        found_pixel.append(active[tile] * pix + pixel)
-        found_position.append(before[tile, pixel] + rank[tile, pixel, slot] - 1)
-        found_surfel.append(ids[tile, slot])
+        before = take(found, active)
+        found.index_copy_(0, active, before + rank[..., -1])
+        pair = torch.nonzero(live.view(-1))[:, 0]  # flat (tile, pixel, slot) in the round
+        tile_pixel = pair // k
+        tile = tile_pixel // pix
+        found_pixel.append(take(active, tile) * pix + tile_pixel - tile * pix)
+        found_position.append(take(before.view(-1), tile_pixel) + take(rank.view(-1), pair) - 1)
+        found_surfel.append(take(flat_ids, tile * k + pair - tile_pixel * k))
     if not found_pixel:
         return table.new_zeros(0), table.new_zeros(0), table.new_zeros(0), found.reshape(-1)
     return torch.cat(found_pixel), torch.cat(found_position), torch.cat(found_surfel), found.reshape(-1)
