@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from .cull import tile_touches
 from .composite import ALPHA_MAX, FEATURES, composite_rows, pack
 from .fused import CompositeRows
 from .projection import ALPHA_THRESHOLD, Projected, support_box, tile_count
@@ -48,9 +49,12 @@ def check_options(tile_size, chunk, tile_batch, checkpoint) -> None:
         raise ValueError(f"render_2dgs: checkpoint must be True, False or None (automatic), got {checkpoint!r}")
 
 
-def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int, tile_size: int):
+def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int, tile_size: int,
+         planes: torch.Tensor | None = None, opacities: torch.Tensor | None = None):
     """Front-to-back surfel lists per tile: (table (n_tiles, L) int64, counts (n_tiles,)), or (None, None).
 
+    With planes (B·N,3,3) and opacities (B,N), pairs whose tile no α ≥ 1/255 can reach are dropped
+    (`cull.tile_touches`).
     Tiles are numbered b·(ty·tx) + row·tx + col; surfel ids are flat b·N + n; the padding after a tile's list
     is the id B·N, a harmless surfel appended by `rasterize` (so that no real surfel is read there).
     """
@@ -70,6 +74,12 @@ def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: in
     span_x = span.reshape(-1, 2)[surfel, 0]
     tx = lo.reshape(-1, 2)[surfel, 0] + local % span_x
     ty = lo.reshape(-1, 2)[surfel, 1] + local // span_x
+    if planes is not None:
+        touches = tile_touches(planes, projected.means2d.reshape(-1, 2), opacities.reshape(-1), surfel, tx, ty,
+                               tile_size)
+        surfel, tx, ty = surfel[touches], tx[touches], ty[touches]
+        if surfel.numel() == 0:
+            return None, None
     tile = (surfel // n) * (tiles_x * tiles_y) + ty * tiles_x + tx
     depth_rank = torch.empty(batch * n, dtype=torch.long, device=count.device)
     depth_rank[torch.argsort(projected.depths.detach().reshape(-1), stable=True)] = torch.arange(
@@ -221,7 +231,12 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
     batch, n, channels = colors.shape
     tiles_x, tiles_y = tile_count(width, tile_size), tile_count(height, tile_size)
     n_tiles, pix = batch * tiles_x * tiles_y, tile_size * tile_size
-    table, counts = _bin(projected, support_box(projected, opacities, width, height), width, height, tile_size)
+    rows = projected.ray_transforms.reshape(-1, 3, 3)
+    u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
+    planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
+                          torch.linalg.cross(u_m, v_m)], dim=1)  # per surfel, once (not per tile and round)
+    table, counts = _bin(projected, support_box(projected, opacities, width, height), width, height, tile_size,
+                         planes, opacities)
     if table is None:
         table = torch.empty(0, 0, dtype=torch.long, device=colors.device)
         counts = torch.zeros(0, dtype=torch.long, device=colors.device)
@@ -238,10 +253,6 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
 
     like = colors.new_zeros(())
     inside = (x < width) & (y < height)
-    rows = projected.ray_transforms.reshape(-1, 3, 3)
-    u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
-    planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
-                          torch.linalg.cross(u_m, v_m)], dim=1)  # per surfel, once (not per tile and round)
     per_surfel = (planes, projected.means2d.reshape(-1, 2), opacities.reshape(-1), projected.depths.reshape(-1),
                   colors.reshape(-1, channels), projected.normals.reshape(-1, 3))
     padding = [a.new_zeros(1, *a.shape[1:]) for a in per_surfel]  # a surfel of opacity 0 whose c_z is 1
