@@ -82,3 +82,35 @@ def test_fused_render_gradients_match_autograd_reference(name, monkeypatch):
     for name_, a, b in zip(INPUTS, *results):
         assert b.abs().max() > 0, f"zero gradient for {name_}: vacuous"
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient w.r.t. {name_}")
+
+
+@pytest.mark.parametrize("name", ["dense_300", "subpixel_edge_on", "mixed"])
+def test_cull_keeps_every_tile_a_surfel_reaches(name):
+    """Every (tile, surfel) pair that the dense reference shows reaching α ≥ 1/255 at one of the tile's pixels
+    is kept; and the cull drops pairs the support box alone would keep (it is not vacuous)."""
+    from render_reference import reference_render
+
+    from sheap_lite.render.projection import project_surfels, support_box
+    from sheap_lite.render.rasterize import _bin
+
+    scene = render_args(make_scene(**SCENES[name]))
+    ref = reference_render(**scene)
+    width, height = scene["width"], scene["height"]
+    projected = project_surfels(*(scene[k] for k in ("means", "quats", "scales", "viewmats", "Ks")), width, height)
+    u_m, v_m, w_m = projected.ray_transforms.reshape(-1, 3, 3).unbind(1)
+    planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m), torch.linalg.cross(u_m, v_m)], 1)
+    box = support_box(projected, scene["opacities"], width, height)
+    tile_size = 4
+    tables = [_bin(projected, box, width, height, tile_size, *extra) for extra in ((), (planes, scene["opacities"]))]
+    (full, full_counts), (culled, culled_counts) = tables
+    batch, n = scene["opacities"].shape
+    tiles_x = -(-width // tile_size)
+    reached = ref.pair_kept.reshape(batch, height, width, n)  # α ≥ 1/255, c_z ≠ 0, valid
+    kept_pairs = full_counts.sum() - culled_counts.sum()
+    assert kept_pairs > 0, "the cull dropped nothing: the test would be vacuous"
+    for tile in range(len(culled)):
+        b, row, col = tile // (len(culled) // batch), tile % (len(culled) // batch) // tiles_x, tile % tiles_x
+        pixels = reached[b, row * tile_size:(row + 1) * tile_size, col * tile_size:(col + 1) * tile_size]
+        needed = set(torch.nonzero(pixels.reshape(-1, n).any(0))[:, 0].tolist())
+        kept = {int(s) % n for s in culled[tile, :culled_counts[tile]]}
+        assert needed <= kept, f"tile {tile}: surfels {sorted(needed - kept)} reach it but were culled"
