@@ -2,9 +2,11 @@
 
 `rasterize._live_pairs` finds, without gradients, every pixel×surfel pair that is composited (α ≥ 1/255, before
 the pixel's transmittance would fall to ≤ 1e-4), in front-to-back order per pixel: typically a tenth of the
-pairs the tiles hold. Only those are evaluated again here, with autograd, laid out as rows: one row per pixel,
-its live surfels left to right, padded to the row bucket's width with the zero-opacity padding surfel (α = 0).
-Rows are bucketed by their length (widths 1, 2, 4, …) so that padding stays below half a row.
+pairs the tiles hold. Only those are evaluated again, laid out as rows: one row per pixel, its live surfels left
+to right, padded to the row bucket's width with the zero-opacity padding surfel (α = 0); rows are bucketed by
+length (widths 1, 2, 4, …) so that padding stays below half a row (`rasterize.composite_pixels`).
+`composite_rows` here is the pure-PyTorch compositing of such rows, differentiated by autograd: the reference
+for `fused.CompositeRows`, which the renderer runs.
 """
 
 from __future__ import annotations

@@ -3,20 +3,22 @@
 Written by hand because no maintained library offers a differentiable 2DGS rasteriser without CUDA. gsplat's
 kernels do the same work one pixel per thread; here work is vectorised over tiles instead:
 
-1. Binning: every surfel is paired with the 16×16 tiles its support box touches; pairs are sorted by
-   (tile, centre depth), giving each tile a front-to-back list of surfels.
-2. Rounds, tile batch by tile batch: the tiles that hold a surfel are taken `tile_batch` at a time; for one
-   batch, round r evaluates the r-th group of `chunk` surfels of every still-active tile against all of the
-   tile's pixels at once, a tensor (tiles, 256, chunk). Compositing inside a round uses cumulative products of
-   (1 − α); transmittance, colour, normal, depth, distortion and median depth carry over between rounds. A tile
-   leaves the loop when all its pixels are done (T would fall to ≤ 1e-4) or its list ends, so the cost follows
-   the visible depth complexity, not the number of surfels. Tiles without surfels get no per-pixel state (they
-   are filled directly when the image is assembled).
-3. Gradients come from autograd. `checkpoint=True` runs each tile batch (all its rounds) under one
-   `torch.utils.checkpoint`: the backward pass keeps only the batch's inputs and final per-pixel maps and
-   recomputes one batch at a time, so training memory is bounded by `tile_batch`, not by the image size or the
-   depth complexity (~1.3–1.5× the time). `checkpoint=None` (the default) turns it on when gradients are needed
-   and more than `AUTO_CHECKPOINT_PIXELS` pixels lie in occupied tiles.
+1. Binning: every surfel is paired with the tiles its support box touches; pairs whose tile no α ≥ 1/255 can
+   reach are dropped (`cull.py`: the low-pass disc and the projected disc's ellipse against the tile's
+   rectangle); the rest are sorted by (tile, centre depth), giving each tile a front-to-back list of surfels.
+2. Search, without gradients: tiles are taken a few at a time (at most `tile_batch`, about SEARCH_PAIRS pairs a
+   round, tiles of similar list length together); round r evaluates the r-th group of `chunk` surfels of every
+   still-active tile against the tile's pixels, (tiles, P, chunk), carrying each pixel's transmittance. It
+   records the live pairs (α ≥ 1/255, before the pixel's T would fall to ≤ 1e-4) and their order per pixel.
+   A tile leaves the loop when all its pixels are done or its list ends, so the cost follows the visible depth
+   complexity, not the number of surfels. Only ~10–20 % of the binned pairs are live on the head.
+3. Compositing, differentiable, of the live pairs only: rows of one pixel's live surfels, bucketed by length,
+   in cache-sized chunks (`composite.py`), by `fused.CompositeRows`, one autograd node with a hand-derived
+   backward pass (`composite.composite_rows` is its autograd reference). `checkpoint=True` runs each tile
+   batch (search and compositing) under one `torch.utils.checkpoint`, so training memory is bounded by
+   `tile_batch`, not by the image size or the depth complexity. `checkpoint=None` (the default) turns it on
+   when gradients are needed and more than `AUTO_CHECKPOINT_PIXELS` pixels lie in occupied tiles. Tiles
+   without surfels get no per-pixel state (they are filled directly when the image is assembled).
 
 Per pixel p = (x+½, y+½) and surfel with ray transform rows (u, v, w): the ray–splat intersection in disc
 coordinates is c = (p_x·w − u) × (p_y·w − v) = p_x·(v×w) + p_y·(w×u) + u×v, s = c_xy / c_z, and
@@ -224,7 +226,7 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
 
     Returns rgb (B,H,W,C) without background, transmittance (B,H,W), normal (B,H,W,3) camera frame, depth_sum
     (B,H,W) = Σ w·z, distortion (B,H,W), median (B,H,W) (0 where no surfel passed T > ½). `tile_batch` tiles
-    at most are evaluated at once. With no surfel in any tile the maps are empty (T = 1) yet differentiable:
+    at most are searched at once (and form one checkpoint); `chunk` surfels per tile and search round. With no surfel in any tile the maps are empty (T = 1) yet differentiable:
     every input gets a zero gradient.
     """
     check_options(tile_size, chunk, tile_batch, checkpoint)
