@@ -204,7 +204,7 @@ def main() -> None:
             else:
                 row += " — | — | — (does not fit) | — |"
             print(row, flush=True)
-    print("\nBackward pass: autograd keeps every round; checkpointing recomputes each round instead.\n")
+    print("\nBackward pass: without checkpointing the compositing keeps α per live pair; checkpointing recomputes each tile batch.\n")
     print("| size | surfels | autograd fwd / bwd (s) | autograd peak (MB) | checkpoint fwd / bwd (s) | checkpoint peak (MB) |")
     print("|---|---|---|---|---|---|")
     for size in SIZES[1:]:

@@ -18,7 +18,8 @@ Per row (one pixel), pairs i front to back, all composited (padding has α = 0):
 Backward, with upstream gradients g_rgb, g_n, g_D, g_T, g_d, g_med and Q_i = Σ_{j>i} w_j z_j:
   ∂L/∂w_i (w independent) G_i = g_rgb·c_i + g_n·n_i + g_D z_i + 2 g_d (z_i A_i − P_i + Q_i − z_i B_i),
   ∂L/∂z_i = w_i (g_D + 2 g_d (A_i − B_i)) + g_med [i = m],   ∂L/∂c_i = w_i g_rgb,   ∂L/∂n_i = w_i g_n,
-  ∂L/∂α_k = G_k T_k − (Σ_{i>k} G_i w_i + g_T T) / (1 − α_k)   (w_i for i > k and T hold the factor 1 − α_k ≥ 1e-3),
+  ∂L/∂α_k = G_k T_k − (Σ_{i>k} G_i w_i + g_T T) / (1 − α_k)   (w_i for i > k and T hold the factor
+  1 − α_k ≥ 1e-3),
 then α = min(0.999, o·e^{−σ}) (no gradient where clamped), σ = ½·min(ρ_3d, ρ_2d) (the smaller one gets it),
 ρ_3d = (c_x² + c_y²)/c_z², c = p_x·P_0 + p_y·P_1 + P_2, ρ_2d = 2|p − μ|².
 """

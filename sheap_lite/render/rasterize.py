@@ -226,7 +226,8 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
 
     Returns rgb (B,H,W,C) without background, transmittance (B,H,W), normal (B,H,W,3) camera frame, depth_sum
     (B,H,W) = Σ w·z, distortion (B,H,W), median (B,H,W) (0 where no surfel passed T > ½). `tile_batch` tiles
-    at most are searched at once (and form one checkpoint); `chunk` surfels per tile and search round. With no surfel in any tile the maps are empty (T = 1) yet differentiable:
+    at most are searched at once (and form one checkpoint); `chunk` surfels per tile and search round. With no
+    surfel in any tile the maps are empty (T = 1) yet differentiable:
     every input gets a zero gradient.
     """
     check_options(tile_size, chunk, tile_batch, checkpoint)
