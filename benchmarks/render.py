@@ -2,6 +2,7 @@
 
     python benchmarks/render.py                 # CPU: torch backend vs the dense reference, 64²/128²/256² × 2k/20k
     python benchmarks/render.py --device cuda   # also gsplat vs torch on the GPU
+    git worktree add /tmp/base a63e451 && python benchmarks/render.py --baseline /tmp/base   # old vs new, CPU
 
 Each configuration runs in its own subprocess so that peak memory (CPU: max RSS growth; CUDA: max allocated)
 belongs to it alone. Results are reported as ratios against a reference measured in the same run: on CPU the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -60,15 +62,16 @@ def measure(size: int, n_surfels: int, backend: str, device: str, repeats: int) 
 
     inputs, viewmats, Ks = scene(size, n_surfels, device)
     render = reference_render if backend == "dense" else render_2dgs
-    options = {"dense": {}, "torch-checkpoint": {"backend": "torch", "checkpoint": True}}.get(backend, {"backend": backend})
+    options = {"dense": {}, "torch-checkpoint": {"backend": "torch", "checkpoint": True},
+               "torch-tile4": {"backend": "torch", "tile_size": 4}}.get(backend, {"backend": backend})
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    forward, backward = [], []
+    forward, backward, cpu = [], [], []
     for _ in range(repeats + 1):
         sync()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = render(**inputs, viewmats=viewmats, Ks=Ks, width=size, height=size, **options)
         sync()
         middle = time.perf_counter()
@@ -76,16 +79,90 @@ def measure(size: int, n_surfels: int, backend: str, device: str, repeats: int) 
         sync()
         forward.append(middle - start)
         backward.append(time.perf_counter() - middle)
+        cpu.append(time.process_time() - start_cpu)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
     median = lambda xs: sorted(xs[1:])[len(xs[1:]) // 2]  # noqa: E731
-    return {"forward_s": median(forward), "backward_s": median(backward), "peak_mb": peak}
+    return {"forward_s": median(forward), "backward_s": median(backward), "cpu_s": median(cpu), "peak_mb": peak,
+            "threads": torch.get_num_threads()}
 
 
-def run_isolated(size, n_surfels, backend, device, repeats) -> dict | None:
+def binned_pairs(size: int, n_surfels: int, tile_size: int) -> int:
+    """Pixel×surfel pairs the tiles hold (every tile pixel × every surfel binned to the tile): the work a tiled
+    renderer must at least look at, before early termination."""
+    import torch
+
+    from sheap_lite.render.projection import project_surfels, support_box
+    from sheap_lite.render.rasterize import _bin
+
+    inputs, viewmats, Ks = scene(size, n_surfels, "cpu")
+    with torch.no_grad():
+        projected = project_surfels(inputs["means"], inputs["quats"], inputs["scales"], viewmats, Ks, size, size)
+        _, counts = _bin(projected, support_box(projected, inputs["opacities"], size, size), size, size, tile_size)
+    return int(counts.sum()) * tile_size ** 2
+
+
+def elementwise_rate() -> dict:
+    """This machine's float32 `torch.mul` (out=, one thread as set): elements/s in cache (32k) and from memory
+    (16M elements, 192 MB moved per call), with GB/s counted as 12 bytes per element."""
+    import torch
+
+    rates = {}
+    for name, n, calls in (("cache", 2 ** 15, 2000), ("memory", 2 ** 24, 10)):
+        a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
+        torch.mul(a, b, out=c)
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.mul(a, b, out=c)
+        rates[name] = n * calls / (time.perf_counter() - start)
+    return rates
+
+
+def compare(baseline: str, repeats: int, rounds: int) -> None:
+    """Old (`baseline` checkout) vs new (this checkout), both tile sizes, interleaved A B A B over `rounds`."""
+    import torch
+
+    torch.set_num_threads(1)
+    configs = [(128, 10_000), (256, 20_000)]
+    variants = [(code, backend) for backend in ("torch", "torch-tile4") for code in (baseline, None)]
+    times: dict = {}
+    for _ in range(rounds):
+        for size, n in configs:
+            for code, backend in variants:
+                result = run_isolated(size, n, backend, "cpu", repeats, code)
+                if result:
+                    times.setdefault((size, n, code, backend), []).append(result)
+    rates = elementwise_rate()
+    print(f"threads 1 (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); load {os.getloadavg()}; "
+          f"torch.mul float32: {rates['cache'] / 1e9:.2f} G elem/s in cache, {rates['memory'] / 1e9:.2f} G elem/s "
+          f"({rates['memory'] * 12 / 1e9:.1f} GB/s) from memory\n")
+    print("| size | surfels | tile_size | old fwd+bwd (s) | new fwd+bwd (s) | speed-up | old / new CPU s | "
+          "new fwd / bwd (s) | old / new peak (MB) | pairs (M) | new Mpairs/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    pick = lambda rows, key: sorted(r[key] for r in rows)[len(rows) // 2]  # noqa: E731  median over rounds
+    for size, n in configs:
+        for backend in ("torch", "torch-tile4"):
+            old, new = times.get((size, n, baseline, backend)), times.get((size, n, None, backend))
+            if not (old and new):
+                print(f"| {size}² | {n:,} | {backend} | failed |")
+                continue
+            total = {k: pick([{"t": r["forward_s"] + r["backward_s"]} for r in rows], "t")
+                     for k, rows in (("old", old), ("new", new))}
+            tile = 4 if backend == "torch-tile4" else 16
+            pairs = binned_pairs(size, n, tile)
+            print(f"| {size}² | {n:,} | {tile} | {total['old']:.3f} | {total['new']:.3f} | "
+                  f"{total['old'] / total['new']:.2f}× | {pick(old, 'cpu_s'):.2f} / {pick(new, 'cpu_s'):.2f} | "
+                  f"{pick(new, 'forward_s'):.2f} / {pick(new, 'backward_s'):.2f} | "
+                  f"{pick(old, 'peak_mb'):.0f} / {pick(new, 'peak_mb'):.0f} | {pairs / 1e6:.1f} | "
+                  f"{pairs / total['new'] / 1e6:.1f} |", flush=True)
+
+
+def run_isolated(size, n_surfels, backend, device, repeats, code: str | None = None) -> dict | None:
+    """`measure` in a fresh process; `code`: a checkout whose `sheap_lite` it imports instead of this one."""
     command = [sys.executable, __file__, "--one", str(size), str(n_surfels), backend, "--device", device,
                "--repeats", str(repeats)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(Path(code).resolve())) if code else None
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         print(f"  {backend} {size}² {n_surfels}: failed ({done.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
         return None
@@ -96,8 +173,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", metavar="CHECKOUT", help="compare with the renderer of this checkout (CPU)")
+    parser.add_argument("--rounds", type=int, default=3, help="--baseline: interleaved old/new rounds")
     parser.add_argument("--one", nargs=3, metavar=("SIZE", "N", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.baseline:
+        if not (Path(args.baseline) / "sheap_lite" / "render").is_dir():
+            parser.error(f"--baseline {args.baseline}: no sheap_lite/render there; make one with "
+                         "`git worktree add /tmp/base <commit>`")
+        compare(args.baseline, args.repeats, args.rounds)
+        return
     if args.one:
         size, n, backend = int(args.one[0]), int(args.one[1]), args.one[2]
         print(json.dumps(measure(size, n, backend, args.device, args.repeats)))
@@ -119,7 +204,7 @@ def main() -> None:
             else:
                 row += " — | — | — (does not fit) | — |"
             print(row, flush=True)
-    print("\nBackward pass: autograd keeps every round; checkpointing recomputes each round instead.\n")
+    print("\nBackward pass: without checkpointing the compositing keeps α per live pair; checkpointing recomputes each tile batch.\n")
     print("| size | surfels | autograd fwd / bwd (s) | autograd peak (MB) | checkpoint fwd / bwd (s) | checkpoint peak (MB) |")
     print("|---|---|---|---|---|---|")
     for size in SIZES[1:]:

@@ -3,20 +3,22 @@
 Written by hand because no maintained library offers a differentiable 2DGS rasteriser without CUDA. gsplat's
 kernels do the same work one pixel per thread; here work is vectorised over tiles instead:
 
-1. Binning: every surfel is paired with the 16×16 tiles its support box touches; pairs are sorted by
-   (tile, centre depth), giving each tile a front-to-back list of surfels.
-2. Rounds, tile batch by tile batch: the tiles that hold a surfel are taken `tile_batch` at a time; for one
-   batch, round r evaluates the r-th group of `chunk` surfels of every still-active tile against all of the
-   tile's pixels at once, a tensor (tiles, 256, chunk). Compositing inside a round uses cumulative products of
-   (1 − α); transmittance, colour, normal, depth, distortion and median depth carry over between rounds. A tile
-   leaves the loop when all its pixels are done (T would fall to ≤ 1e-4) or its list ends, so the cost follows
-   the visible depth complexity, not the number of surfels. Tiles without surfels get no per-pixel state (they
-   are filled directly when the image is assembled).
-3. Gradients come from autograd. `checkpoint=True` runs each tile batch (all its rounds) under one
-   `torch.utils.checkpoint`: the backward pass keeps only the batch's inputs and final per-pixel maps and
-   recomputes one batch at a time, so training memory is bounded by `tile_batch`, not by the image size or the
-   depth complexity (~1.3–1.5× the time). `checkpoint=None` (the default) turns it on when gradients are needed
-   and more than `AUTO_CHECKPOINT_PIXELS` pixels lie in occupied tiles.
+1. Binning: every surfel is paired with the tiles its support box touches; pairs whose tile no α ≥ 1/255 can
+   reach are dropped (`cull.py`: the low-pass disc and the projected disc's ellipse against the tile's
+   rectangle); the rest are sorted by (tile, centre depth), giving each tile a front-to-back list of surfels.
+2. Search, without gradients: tiles are taken a few at a time (at most `tile_batch`, about SEARCH_PAIRS pairs a
+   round, tiles of similar list length together); round r evaluates the r-th group of `chunk` surfels of every
+   still-active tile against the tile's pixels, (tiles, P, chunk), carrying each pixel's transmittance. It
+   records the live pairs (α ≥ 1/255, before the pixel's T would fall to ≤ 1e-4) and their order per pixel.
+   A tile leaves the loop when all its pixels are done or its list ends, so the cost follows the visible depth
+   complexity, not the number of surfels. Only ~10–20 % of the binned pairs are live on the head.
+3. Compositing, differentiable, of the live pairs only: rows of one pixel's live surfels, bucketed by length,
+   in cache-sized chunks (`composite.py`), by `fused.CompositeRows`, one autograd node with a hand-derived
+   backward pass (`composite.composite_rows` is its autograd reference). `checkpoint=True` runs each tile
+   batch (search and compositing) under one `torch.utils.checkpoint`, so training memory is bounded by
+   `tile_batch`, not by the image size or the depth complexity. `checkpoint=None` (the default) turns it on
+   when gradients are needed and more than `AUTO_CHECKPOINT_PIXELS` pixels lie in occupied tiles. Tiles
+   without surfels get no per-pixel state (they are filled directly when the image is assembled).
 
 Per pixel p = (x+½, y+½) and surfel with ray transform rows (u, v, w): the ray–splat intersection in disc
 coordinates is c = (p_x·w − u) × (p_y·w − v) = p_x·(v×w) + p_y·(w×u) + u×v, s = c_xy / c_z, and
@@ -28,11 +30,15 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from .cull import tile_touches
+from .composite import ALPHA_MAX, FEATURES, composite_rows, pack
+from .fused import CompositeRows
 from .projection import ALPHA_THRESHOLD, Projected, support_box, tile_count
 
 TRANSMITTANCE_MIN = 1e-4
-ALPHA_MAX = 0.999
 OPTIONS = ("tile_size", "chunk", "tile_batch", "checkpoint")
+SEARCH_PAIRS = 131072  # search pass: pixel×surfel pairs per round at most (unless one tile holds more)
+CHUNK_PAIRS = 32768  # compositing: pixel×surfel slots per chunk (cache-sized; see fused.CompositeRows)
 AUTO_CHECKPOINT_PIXELS = 512 * 512  # checkpoint=None: recompute in the backward pass above this many pixels
 
 
@@ -45,9 +51,12 @@ def check_options(tile_size, chunk, tile_batch, checkpoint) -> None:
         raise ValueError(f"render_2dgs: checkpoint must be True, False or None (automatic), got {checkpoint!r}")
 
 
-def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int, tile_size: int):
+def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int, tile_size: int,
+         planes: torch.Tensor | None = None, opacities: torch.Tensor | None = None):
     """Front-to-back surfel lists per tile: (table (n_tiles, L) int64, counts (n_tiles,)), or (None, None).
 
+    With planes (B·N,3,3) and opacities (B,N), pairs whose tile no α ≥ 1/255 can reach are dropped
+    (`cull.tile_touches`).
     Tiles are numbered b·(ty·tx) + row·tx + col; surfel ids are flat b·N + n; the padding after a tile's list
     is the id B·N, a harmless surfel appended by `rasterize` (so that no real surfel is read there).
     """
@@ -67,6 +76,12 @@ def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: in
     span_x = span.reshape(-1, 2)[surfel, 0]
     tx = lo.reshape(-1, 2)[surfel, 0] + local % span_x
     ty = lo.reshape(-1, 2)[surfel, 1] + local // span_x
+    if planes is not None:
+        touches = tile_touches(planes, projected.means2d.reshape(-1, 2), opacities.reshape(-1), surfel, tx, ty,
+                               tile_size)
+        surfel, tx, ty = surfel[touches], tx[touches], ty[touches]
+        if surfel.numel() == 0:
+            return None, None
     tile = (surfel // n) * (tiles_x * tiles_y) + ty * tiles_x + tx
     depth_rank = torch.empty(batch * n, dtype=torch.long, device=count.device)
     depth_rank[torch.argsort(projected.depths.detach().reshape(-1), stable=True)] = torch.arange(
@@ -81,69 +96,127 @@ def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: in
     return table, counts
 
 
-def _round(pixels, state, attrs, ids):
-    """Composite one group of surfels (tiles a, pixels P, chunk K) onto the running per-pixel state.
+@torch.no_grad()
+def _live_pairs(pixels, table, counts, inside, planes, centre, opacity, chunk: int):
+    """The search pass, without gradients: which pairs are composited, over tiles a, pixels P, rounds of K.
 
-    Padding ids read the appended zero-opacity surfel, whose α is 0: it is skipped like any faint surfel.
+    pixels (a,P,2), table (a,L) front-to-back surfel ids, counts (a,), inside (a,P) pixels in the image,
+    per-surfel planes (S,3,3), centre (S,2), opacity (S,) → pixel (n,) = tile·P + p, position (n,) (0, 1, … front
+    to back within the pixel), surfel (n,) of every pair with α ≥ 1/255 in front of the pixel's termination, and
+    the number of such pairs per pixel (a·P,). A pixel is done when T ≤ 1e-4 (pixels outside start at T = 0).
+    The intersections of a round are one batched matmul [p_x, p_y, 1]·planes; the rest runs in place on float
+    tensors (comparisons and masked fills are several times slower per element on CPU).
     """
-    transmittance, depth_sum, done = state
-    planes, centre, opacity, depth, color, normal = (a[ids] for a in attrs)  # planes (a,K,3,3): v×w, w×u, u×v
-    px, py = pixels[..., 0, None, None], pixels[..., 1, None, None]  # (a,P,1,1)
-    cross = px * planes[:, None, :, 0] + py * planes[:, None, :, 1] + planes[:, None, :, 2]  # (a,P,K,3)
-    cz = cross[..., 2]
-    # gsplat skips c_z == 0; |c_z| below √tiny is skipped too, so that c_z² cannot underflow into NaN gradients
-    nonzero = cz.abs() > torch.finfo(cz.dtype).tiny ** 0.5
-    cz = torch.where(nonzero, cz, torch.ones_like(cz))
-    rho3d = (cross[..., 0] ** 2 + cross[..., 1] ** 2) / (cz * cz)
-    delta = pixels[:, :, None, :] - centre[:, None]
-    rho2d = 2.0 * (delta * delta).sum(-1)
-    sigma = 0.5 * torch.minimum(rho3d, rho2d)
-    alpha = torch.clamp_max(opacity[:, None] * torch.exp(-sigma), ALPHA_MAX)
-    keep = nonzero & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & ~done[..., None]
-    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-
-    one_minus = 1.0 - alpha
-    after = transmittance[..., None] * torch.cumprod(one_minus, dim=-1)  # T after each surfel
-    before = torch.cat([transmittance[..., None], after[..., :-1]], dim=-1)
-    ends = keep & (after <= TRANSMITTANCE_MIN)
-    live = keep & (torch.cumsum(ends.int(), dim=-1) == 0)  # exclusive: the surfel that ends it is dropped
-    weight = torch.where(live, alpha * before, torch.zeros_like(alpha))  # (a,P,K)
-    weighted_depth = weight * depth[:, None]
-    prior = depth_sum[..., None] + torch.cumsum(weighted_depth, dim=-1) - weighted_depth
-    distortion = (2.0 * (weighted_depth * (1.0 - before) - weight * prior)).sum(-1)
-    new_t = transmittance * torch.where(live, one_minus, torch.ones_like(one_minus)).prod(-1)
-    median_mask = live & (before > 0.5)
-    last = torch.where(median_mask, torch.arange(1, ids.shape[1] + 1, device=ids.device), 0).argmax(-1)
-    median = torch.where(median_mask.any(-1), depth.gather(1, last), torch.full_like(new_t, float("nan")))
-    return (new_t, depth_sum + weighted_depth.sum(-1), done | ends.any(-1),
-            torch.einsum("apk,akc->apc", weight, color), torch.einsum("apk,akc->apc", weight, normal), distortion,
-            median)
-
-
-def _tiles(pixels, table, counts, done, attrs, chunk: int):
-    """All rounds of one batch of tiles (a tiles, P pixels): the tile's surfels `chunk` at a time, front to back,
-    until every pixel is done or the list ends. Returns the final per-pixel (transmittance, depth_sum, median,
-    rgb, normal, distortion), each (a,P,...); one call is one checkpoint, so recomputation holds one batch."""
-    pix, channels = pixels.shape[1], attrs[4].shape[-1]
-    like = attrs[0].new_zeros(())
-    transmittance, depth_sum, median = like.new_ones(len(table), pix), like.new_zeros(len(table), pix), \
-        like.new_zeros(len(table), pix)
-    rgb, normal = like.new_zeros(len(table), pix, channels), like.new_zeros(len(table), pix, 3)
-    distortion = like.new_zeros(len(table), pix)
+    tiles, pix = pixels.shape[:2]
+    homogeneous = torch.cat([pixels, torch.ones_like(pixels[..., :1])], dim=-1)  # (a,P,3)
+    px, py = pixels[..., 0].contiguous(), pixels[..., 1].contiguous()
+    transmittance = inside.to(pixels.dtype)
+    found = table.new_zeros(tiles, pix)  # live pairs so far per pixel
+    tiny = torch.finfo(pixels.dtype).tiny
+    found_pixel, found_position, found_surfel = [], [], []
+    take = lambda values, index: values.index_select(0, index)  # noqa: E731  (1-D indices: the fast gather)
     for start in range(0, table.shape[1], chunk):
-        active = torch.nonzero((counts > start) & ~done.all(-1))[:, 0]
+        active = torch.nonzero((counts > start) & (transmittance > TRANSMITTANCE_MIN).any(-1))[:, 0]
         if active.numel() == 0:
             break
-        state = (transmittance[active], depth_sum[active], done[active])
-        new_t, new_sum, new_done, d_rgb, d_normal, d_dist, d_median = _round(
-            pixels[active], state, attrs, table[active, start:start + chunk])
-        transmittance = transmittance.index_copy(0, active, new_t)
-        depth_sum = depth_sum.index_copy(0, active, new_sum)
-        done = done.index_copy(0, active, new_done)
-        rgb, normal = rgb.index_add(0, active, d_rgb), normal.index_add(0, active, d_normal)
-        distortion = distortion.index_add(0, active, d_dist)
-        median = median.index_copy(0, active, torch.where(torch.isnan(d_median), median[active], d_median))
-    return transmittance, depth_sum, median, rgb, normal, distortion
+        ids = take(table[:, start:start + chunk], active)  # (a,K)
+        a, k = ids.shape
+        flat_ids = ids.reshape(-1)
+        rows = take(planes, flat_ids).view(a, k, 3, 3).permute(0, 2, 3, 1).reshape(a, 3, 3 * k)  # [row, xyz·K+k]
+        cross = torch.bmm(take(homogeneous, active), rows)  # (a,P,3K): c_x, c_y, c_z blocks
+        cx, cy, cz = cross[..., :k], cross[..., k:2 * k], cross[..., 2 * k:]
+        cz_squared = cz * cz
+        keep = cz_squared > tiny
+        sigma = cx * cx
+        sigma.addcmul_(cy, cy).div_(cz_squared.clamp_min_(tiny)).mul_(0.5)  # ½ρ_3d, finite or inf (never NaN)
+        mean = take(centre, flat_ids).view(a, 1, k, 2)
+        distance = take(px, active)[..., None] - mean[..., 0]
+        distance.mul_(distance)
+        dy = take(py, active)[..., None] - mean[..., 1]
+        distance.addcmul_(dy, dy)  # ½ρ_2d
+        torch.minimum(sigma, distance, out=sigma)
+        alpha = sigma.neg_().exp_().mul_(take(opacity, flat_ids).view(a, 1, k)).clamp_max_(ALPHA_MAX)
+        keep &= alpha >= ALPHA_THRESHOLD
+        after = torch.cumprod(torch.rsub(alpha.mul_(keep), 1.0), dim=-1).mul_(take(transmittance, active)[..., None])
+        live = keep.logical_and_(after > TRANSMITTANCE_MIN)  # T only falls: the pair that ends a pixel, all after
+        transmittance.index_copy_(0, active, after[..., -1])
+        rank = torch.cumsum(live, dim=-1)  # 1, 2, … over a pixel's live pairs in this round
+        before = take(found, active)
+        found.index_copy_(0, active, before + rank[..., -1])
+        pair = torch.nonzero(live.view(-1))[:, 0]  # flat (tile, pixel, slot) in the round
+        tile_pixel = pair // k
+        tile = tile_pixel // pix
+        found_pixel.append(take(active, tile) * pix + tile_pixel - tile * pix)
+        found_position.append(take(before.view(-1), tile_pixel) + take(rank.view(-1), pair) - 1)
+        found_surfel.append(take(flat_ids, tile * k + pair - tile_pixel * k))
+    if not found_pixel:
+        return table.new_zeros(0), table.new_zeros(0), table.new_zeros(0), found.reshape(-1)
+    return torch.cat(found_pixel), torch.cat(found_position), torch.cat(found_surfel), found.reshape(-1)
+
+
+def _tiles(pixels, table, counts, inside, attrs, chunk: int, tile_batch: int):
+    """Tiles a with P pixels each: the search pass a few tiles at a time (at most `tile_batch`, and about
+    SEARCH_PAIRS pairs a round), then the differentiable compositing of the live pairs → final per-pixel
+    (transmittance, depth_sum, median, rgb, normal, distortion), each (a,P,...); one call is one checkpoint,
+    so recomputation holds one call's tiles."""
+    planes, centre, opacity, depth, color, normal = attrs
+    tiles, pix = pixels.shape[:2]
+    step = min(tile_batch, max(1, SEARCH_PAIRS // (pix * chunk)))
+    count = table.new_zeros(tiles, pix)
+    pixel, position, surfel = [], [], []
+    for part in torch.argsort(counts, descending=True).split(step):  # similar lengths: fewer half-empty rounds
+        found_pixel, found_position, found_surfel, found_count = _live_pairs(
+            pixels[part], table[part], counts[part], inside[part], planes, centre, opacity, chunk)
+        pixel.append(part[found_pixel // pix] * pix + found_pixel % pix)
+        position.append(found_position)
+        surfel.append(found_surfel)
+        count[part] = found_count.view(len(part), pix)
+    packed = pack(planes, centre, opacity, depth, normal, color)
+    maps = composite_pixels(pixels.reshape(-1, 2), count.reshape(-1), torch.cat(pixel), torch.cat(position),
+                            torch.cat(surfel), packed)
+    return tuple(m.reshape(tiles, pix, *m.shape[1:]) for m in maps)
+
+
+def composite_pixels(pixels: torch.Tensor, count: torch.Tensor, pixel: torch.Tensor, position: torch.Tensor,
+                     surfel: torch.Tensor, packed: torch.Tensor, fused: bool = True):
+    """Per-pixel maps from live pairs: pixels (Q,2) centres, count (Q,) live pairs per pixel, and per pair its
+    pixel, position (front to back) and surfel (n,) → (transmittance, depth_sum, median, rgb (Q,C), normal (Q,3),
+    distortion), each (Q,…). `packed` (F,S) per-surfel features, the last one the padding surfel.
+
+    Rows of 2**level slots hold the pixels with (2**(level−1), 2**level] live pairs; all levels share one flat
+    id buffer, filled by a single scatter. `fused`: `fused.CompositeRows` (hand-derived backward), else autograd
+    through `composite.composite_rows` (the reference).
+    """
+    device, pad = pixel.device, packed.shape[1] - 1
+    rows = torch.nonzero(count)[:, 0]
+    level = torch.ceil(torch.log2(count[rows].to(torch.float64))).long()
+    level, order = torch.sort(level, stable=True)
+    rows = rows[order]
+    rows_per_level = torch.bincount(level)
+    widths = 2 ** torch.arange(len(rows_per_level), device=device)
+    offsets = torch.cumsum(rows_per_level * widths, 0) - rows_per_level * widths  # of each level in the buffer
+    first_row = torch.cumsum(rows_per_level, 0) - rows_per_level
+    start_of_pixel = torch.zeros_like(count)
+    start_of_pixel[rows] = offsets[level] + (torch.arange(len(rows), device=device) - first_row[level]) * widths[level]
+    ids = torch.full((int((rows_per_level * widths).sum()),), pad, dtype=torch.long, device=device)
+    ids[start_of_pixel[pixel] + position] = surfel
+    layout = []  # (first row, rows, width, offset in ids): chunks of about CHUNK_PAIRS slots
+    for lvl, (n_rows, offset, first) in enumerate(zip(rows_per_level.tolist(), offsets.tolist(), first_row.tolist())):
+        step = max(1, CHUNK_PAIRS >> lvl)
+        layout += [(first + r, min(step, n_rows - r), 2 ** lvl, offset + (r << lvl)) for r in range(0, n_rows, step)]
+    if fused and layout:
+        outputs = [CompositeRows.apply(pixels[rows], count[rows], ids, layout, packed)]
+    else:
+        outputs = [composite_rows(pixels[rows[first:first + count]], chunk, chunk != pad, packed)
+                   for first, count, width, offset in layout
+                   for chunk in (ids[offset:offset + count * width].view(count, width),)]
+    channels = len(packed) - FEATURES
+    like = packed.new_zeros(())
+    maps = [like.new_ones(len(pixels)), like.new_zeros(len(pixels)), like.new_zeros(len(pixels)),
+            like.new_zeros(len(pixels), channels), like.new_zeros(len(pixels), 3), like.new_zeros(len(pixels))]
+    if not outputs:  # nothing live: still tied to the inputs, so that a loss can call backward()
+        return tuple(m + 0.0 * packed.sum() for m in maps)
+    return tuple(base.index_copy(0, rows, torch.cat(parts)) for base, parts in zip(maps, zip(*outputs)))
 
 
 def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tensor, width: int, height: int,
@@ -153,14 +226,20 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
 
     Returns rgb (B,H,W,C) without background, transmittance (B,H,W), normal (B,H,W,3) camera frame, depth_sum
     (B,H,W) = Σ w·z, distortion (B,H,W), median (B,H,W) (0 where no surfel passed T > ½). `tile_batch` tiles
-    at most are evaluated at once. With no surfel in any tile the maps are empty (T = 1) yet differentiable:
+    at most are searched at once (and form one checkpoint); `chunk` surfels per tile and search round. With no
+    surfel in any tile the maps are empty (T = 1) yet differentiable:
     every input gets a zero gradient.
     """
     check_options(tile_size, chunk, tile_batch, checkpoint)
     batch, n, channels = colors.shape
     tiles_x, tiles_y = tile_count(width, tile_size), tile_count(height, tile_size)
     n_tiles, pix = batch * tiles_x * tiles_y, tile_size * tile_size
-    table, counts = _bin(projected, support_box(projected, opacities, width, height), width, height, tile_size)
+    rows = projected.ray_transforms.reshape(-1, 3, 3)
+    u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
+    planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
+                          torch.linalg.cross(u_m, v_m)], dim=1)  # per surfel, once (not per tile and round)
+    table, counts = _bin(projected, support_box(projected, opacities, width, height), width, height, tile_size,
+                         planes, opacities)
     if table is None:
         table = torch.empty(0, 0, dtype=torch.long, device=colors.device)
         counts = torch.zeros(0, dtype=torch.long, device=colors.device)
@@ -176,22 +255,23 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
     pixels = torch.stack([x, y], dim=-1).to(colors.dtype) + 0.5  # (tiles, P, 2)
 
     like = colors.new_zeros(())
-    done = (x >= width) | (y >= height)
-    rows = projected.ray_transforms.reshape(-1, 3, 3)
-    u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
-    planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
-                          torch.linalg.cross(u_m, v_m)], dim=1)  # per surfel, once (not per tile and round)
+    inside = (x < width) & (y < height)
     per_surfel = (planes, projected.means2d.reshape(-1, 2), opacities.reshape(-1), projected.depths.reshape(-1),
                   colors.reshape(-1, channels), projected.normals.reshape(-1, 3))
-    attrs = tuple(torch.cat([a, a.new_zeros(1, *a.shape[1:])]) for a in per_surfel)  # + the padding surfel
+    padding = [a.new_zeros(1, *a.shape[1:]) for a in per_surfel]  # a surfel of opacity 0 whose c_z is 1
+    padding[0][0, 2, 2] = 1.0
+    attrs = tuple(torch.cat([a, pad]) for a, pad in zip(per_surfel, padding))
     if checkpoint is None:
         needs_grad = torch.is_grad_enabled() and any(a.requires_grad for a in attrs)
         checkpoint = needs_grad and len(occupied) * pix > AUTO_CHECKPOINT_PIXELS
     parts = []
-    for part in torch.arange(len(occupied), device=colors.device).split(tile_batch) if len(occupied) else ():
-        args = (pixels[part], table[part], counts[part], done[part], *attrs)  # a checkpoint re-runs later
-        run = lambda p, t, c, d, *a: _tiles(p, t, c, d, a, chunk)  # noqa: E731
-        parts.append(torch_checkpoint(run, *args, use_reentrant=False) if checkpoint else run(*args))
+    run = lambda p, t, c, d, *a: _tiles(p, t, c, d, a, chunk, tile_batch)  # noqa: E731
+    if checkpoint:  # one checkpoint per tile batch: a checkpoint re-runs its search and compositing later
+        for part in torch.arange(len(occupied), device=colors.device).split(tile_batch):
+            parts.append(torch_checkpoint(run, pixels[part], table[part], counts[part], inside[part], *attrs,
+                                          use_reentrant=False))
+    elif len(occupied):
+        parts.append(run(pixels, table, counts, inside, *attrs))
     if parts:
         transmittance, depth_sum, median, rgb, normal, distortion = (
             torch.cat(outputs) if len(parts) > 1 else outputs[0] for outputs in zip(*parts))
