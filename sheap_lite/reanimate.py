@@ -80,8 +80,8 @@ class Reanimator(nn.Module):
 
     config: `ModelConfig`; flame: a `FLAME` (the user's, or `FLAME.builtin()`); camera: the fixed camera;
     renderer: "2dgs" | "mesh"; render_options: passed to `render_2dgs` (torch backend: tile_size, ...); None
-    picks tile_size=4 for the torch backend (4.4× faster per training step than its default 16: 64², B = 2, one
-    thread, 2.34 s → 0.61 s, the same images) and nothing for gsplat.
+    picks tile_size=4 for the torch backend (1.5–1.9× faster than its default 16 with the culled, fused renderer:
+    docs/benchmarks.md; the same images) and nothing for gsplat.
     """
 
     def __init__(self, config: ModelConfig, flame: FLAME, camera: CameraConfig | None = None,
