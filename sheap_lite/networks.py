@@ -137,12 +137,19 @@ class FlameHead(nn.Module):
         self.sizes = (n_shape, n_expression, 5 * 6, 2, 3)
         self.hidden = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.SiLU())
         self.out = nn.Linear(feature_dim, sum(self.sizes))
+        _small_output(self.out, torch.zeros(sum(self.sizes)))
         identity_6d = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]).repeat(5)  # first two columns of I, per joint
-        _small_output(self.out, torch.cat([torch.zeros(n_shape + n_expression), identity_6d, torch.zeros(2),
-                                           torch.tensor(translation, dtype=torch.float32)]))
+        self.register_buffer("offset", torch.cat([torch.zeros(n_shape + n_expression), identity_6d, torch.zeros(2),
+                                                  torch.tensor(translation, dtype=torch.float32)]))
+        # output units: an optimiser step moves every raw output alike (Adam: ~lr per weight, summed over the
+        # features), so each group is scaled to the size of a sensible step. Translation in centimetres: in
+        # metres, a small-preset run moved the head 1 m towards the camera within 80 steps (lr 2e-4).
+        self.register_buffer("unit", torch.cat([torch.ones(n_shape + n_expression), torch.full((30,), 0.1),
+                                                torch.ones(2), torch.full((3,), 0.01)]))
 
     def forward(self, features: torch.Tensor) -> FlameParams:
-        shape, expression, pose6d, eyelids, translation = self.out(self.hidden(features)).split(self.sizes, -1)
+        raw = self.out(self.hidden(features)) * self.unit + self.offset
+        shape, expression, pose6d, eyelids, translation = raw.split(self.sizes, -1)
         pose = rotation_6d_to_matrix(pose6d.reshape(-1, 5, 6))
         return FlameParams(shape=shape, expression=expression, pose=pose, eyelids=eyelids, translation=translation)
 
