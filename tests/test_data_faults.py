@@ -27,6 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+def as_from_a_terminal() -> None:
+    """preexec_fn: default SIGINT in the child, as a terminal's foreground job has it. A harness that runs the suite
+    as a background job (`cmd &` in a script) ignores SIGINT, the child inherits that, and Python then installs no
+    KeyboardInterrupt handler, so a Ctrl-C test would measure the harness, not the CLI."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tiny_clip(path: Path, t: int = 2, size: int = 16, meta: dict | None = None) -> Path:
     frames = np.full((t, size, size, 3), 128, np.uint8)
     return write_clip(path, frames, np.zeros((t, size, size), np.uint8), np.zeros((t, 68, 2)),
@@ -163,7 +170,8 @@ def test_synthetic_cli_ctrl_c_stops_at_once_and_says_how_to_resume(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C does (the workers receive it too)."""
     out = tmp_path / "syn"
     proc = subprocess.Popen(SYN + ["--out", str(out), "--clips", "200", "--workers", "2"], env=ENV, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
     wait_for_clips(out / "train", 1, proc)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -320,7 +328,8 @@ def test_prepare_ctrl_c_stops_soon_keeps_complete_clips_and_says_how_to_resume(t
               "sys.exit(pv.main(sys.argv[2:]))\n")
     proc = subprocess.Popen([sys.executable, "-c", driver, str(REPO / "data_scripts" / "prepare_videos.py"),
                              str(src), str(out), "--size", "16", "--workers", "2"], env=ENV, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
     wait_for_clips(out, 1, proc)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, err = proc.communicate(timeout=60)
