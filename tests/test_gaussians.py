@@ -12,7 +12,7 @@ from sheap_lite import geometry as G
 from sheap_lite.flame import FLAME
 from sheap_lite.gaussians import (SurfelLocal, ambient_sh, bind_surfels, rig_surfels, sh_basis,
                                   sh_from_directional_light, sh_irradiance, shade)
-from sheap_lite.viz import surfels_explorer, surfels_figure, surfels_trace
+from sheap_lite.viz_surfels import surfels_explorer, surfels_figure, surfels_trace
 
 D = torch.float64
 
