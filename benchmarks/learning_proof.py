@@ -82,7 +82,9 @@ def evaluate_seed(data: Path, run: Path) -> dict:
 
 def _curves(run: Path, split: str) -> dict[str, list[tuple[int, float]]]:
     """{term: [(step, value), ...]} of one split of run/metrics.jsonl."""
-    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from sheap_lite.train_log import read_metrics  # main() put this checkout on sys.path
+
+    records = read_metrics(run)
     terms = {k for r in records if r["split"] == split for k in r if k not in ("step", "split")}
     return {t: [(r["step"], r[t]) for r in records if r["split"] == split and t in r] for t in sorted(terms)}
 
