@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 
-from .geometry import axis_angle_to_matrix
 
 __all__ = ["LossWeights", "TERMS", "photometric_l1", "dssim", "landmark_loss", "parameter_priors",
            "surfel_offset_loss", "surfel_scale_loss", "surfel_normal_loss", "mesh_depth_loss",
@@ -128,24 +127,15 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tenso
 
 
 # ---- FLAME parameter priors ------------------------------------------------------------------------------------
-def _pose_matrices(pose: torch.Tensor) -> torch.Tensor:
-    if pose.dim() == 3 and pose.shape[1:] == (5, 3):
-        return axis_angle_to_matrix(pose)
-    if pose.dim() == 4 and pose.shape[1:] == (5, 3, 3):
-        return pose
-    raise ValueError(f"parameter_priors: pose must be (B,5,3) axis-angle or (B,5,3,3) matrices, got "
-                     f"{tuple(pose.shape)}")
-
-
 def parameter_priors(params) -> dict[str, torch.Tensor]:
-    """Gaussian priors on a `FlameParams` (duck-typed: shape (B,S), expression (B,E), pose (B,5,3)|(B,5,3,3),
-    eyelids (B,2)|None), each the batch mean of a sum over its coefficients:
+    """Gaussian priors on a `FlameParams` (shape (B,S), expression (B,E), pose (B,5,3)|(B,5,3,3), eyelids
+    (B,2)|None), each the batch mean of a sum over its coefficients:
     shape_prior Σβ², expression_prior Σψ², eyelid_prior Σe² (absent when eyelids is None), and pose_prior
     Σ over neck, jaw and both eyes of ½‖R − I‖²_F = 3 − tr R = 2(1 − cos θ) (≈ θ² when small; smooth at the
     identity for either pose form). The global rotation (joint 0) is free: the head may face anywhere."""
     priors = {"shape_prior": params.shape.square().sum(-1).mean(),
               "expression_prior": params.expression.square().sum(-1).mean()}
-    rotations = _pose_matrices(params.pose)[:, 1:]
+    rotations = params.pose_matrices()[:, 1:]
     trace = rotations.diagonal(dim1=-2, dim2=-1).sum(-1)  # (B,4)
     priors["pose_prior"] = (3.0 - trace).sum(-1).mean()
     if params.eyelids is not None:

@@ -1,7 +1,6 @@
 """Each loss term on a hand-computed value and on its gradient's direction; reanimation_losses' bookkeeping."""
 
 import math
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,6 +11,7 @@ from skimage.metrics import structural_similarity
 from sheap_lite import losses as L
 from sheap_lite.camera import CameraConfig
 from sheap_lite.gaussians import SurfelLocal, bind_surfels, rig_surfels
+from sheap_lite.params import FlameParams
 from sheap_lite.geometry import axis_angle_to_matrix, axis_angle_to_quaternion, face_normals
 from sheap_lite.render import render_2dgs
 
@@ -79,17 +79,8 @@ def test_landmarks_value_visibility_and_gradient():
 
 
 # ---- priors ------------------------------------------------------------------------------------------------
-@dataclass
-class Params:  # stand-in with FlameParams' fields
-    shape: torch.Tensor
-    expression: torch.Tensor
-    pose: torch.Tensor
-    eyelids: torch.Tensor | None
-    translation: torch.Tensor
-
-
 def _params(pose, eyelids=None):
-    return Params(shape=_leaf([[1.0, 2.0], [0.0, 0.0]]), expression=_leaf([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]]),
+    return FlameParams(shape=_leaf([[1.0, 2.0], [0.0, 0.0]]), expression=_leaf([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]]),
                   pose=pose, eyelids=eyelids, translation=torch.zeros(2, 3, dtype=D))
 
 
@@ -249,7 +240,7 @@ def _reanimation(batch_size=2, size=16, mesh=False, eyelids=True):
     n = 5
     pose = torch.zeros(batch_size, 5, 3, dtype=D)
     pose[:, 2, 0] = 0.2
-    params = Params(shape=rand(batch_size, 4), expression=rand(batch_size, 3), pose=pose,
+    params = FlameParams(shape=rand(batch_size, 4), expression=rand(batch_size, 3), pose=pose,
                     eyelids=rand(batch_size, 2) if eyelids else None, translation=torch.zeros(batch_size, 3, dtype=D))
     maps = dict(rgb=rand(batch_size, 3, size, size), alpha=rand(batch_size, 1, size, size),
                 depth=1 + rand(batch_size, 1, size, size), normal=rand(batch_size, 3, size, size))
