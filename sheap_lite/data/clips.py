@@ -244,27 +244,45 @@ def _identity(source) -> str:
     return Path(source).stem if isinstance(source, (str, os.PathLike)) else "unknown"
 
 
-def _run(fl, frames_it, report, out_dir, size, crop_scale, raise_frac, smooth, max_frames, detect_every,
-         min_frames, skull_frac, identity, fps, stride, progress):
+@dataclass
+class FaceCrop:
+    """One kept frame: its source `index`, the crop `image` (S,S,3) uint8, the head `mask` (S,S) uint8 (255 =
+    head), the 68 iBUG `landmarks` (68,2) in crop pixels, `visible` (68,) bool (inside the crop) and `box`
+    (x0, y0, side): the crop's square in source pixels (crop pixel p = (source pixel − (x0, y0)) · S / side)."""
+
+    index: int
+    image: np.ndarray
+    mask: np.ndarray
+    landmarks: np.ndarray
+    visible: np.ndarray
+    box: tuple[float, float, float]
+
+
+def crop_faces(frames_it, size: int, report: ClipReport, *, crop_scale: float = 2.0, raise_frac: float = 0.12,
+               smooth: int = 4, max_frames: int | None = None, detect_every: int = 10, skull_frac: float = 0.35,
+               landmarker=None, progress=None) -> Iterator[FaceCrop]:
+    """Steps 1–5 of the module docstring on `frames_it`, (index, RGB uint8 frame or None) pairs as `read_frames`
+    gives: the kept frames' `FaceCrop`s in order, each yielded once `smooth` later kept frames have fixed its
+    smoothed box (so memory holds ~2·smooth+1 frames). Frames read, unreadable and without a face are counted into
+    `report`; `progress(n_frames_read)` is called after each frame. The one crop pipeline of real clips
+    (`prepare_clip`) and of inference (`sheap_lite.infer`)."""
     from .face_landmarks import FaceResult, find_face, mesh_to_ibug68, similarity, warp
 
-    pending: deque = deque()  # (index, frame, mesh, box) waiting for `smooth` later kept frames
+    fl = landmarker or _default_landmarker()
+    pending: deque = deque()  # (index, frame, mesh) waiting for `smooth` later kept frames
     boxes: deque = deque(maxlen=2 * smooth + 1)
-    out = {"frames": [], "masks": [], "lm": [], "vis": [], "crops": [], "index": []}
     last_box, last_mesh, since_detect = None, None, detect_every
 
-    def emit(k_centre: int):
-        i, frame, mesh, _ = pending.popleft()
+    def emit(k_centre: int) -> FaceCrop:
+        i, frame, mesh = pending.popleft()
         r = min(smooth, k_centre, len(boxes) - 1 - k_centre)  # symmetric: no bias under steady motion
         cx, cy, side = np.mean(list(boxes)[k_centre - r: k_centre + r + 1], axis=0)
         m = similarity((cx, cy), side, size)
-        out["frames"].append(warp(frame, m, size))
-        out["masks"].append(head_mask(mesh, m, size, frame.shape[:2], skull_frac))
         lm = mesh_to_ibug68(mesh[:, :2]) * (size / side) + (size / 2 - np.array([cx, cy]) * size / side)
-        out["lm"].append(lm.astype(np.float32))
-        out["vis"].append(np.all((lm >= 0) & (lm < size), axis=1))
-        out["crops"].append([round(float(cx - side / 2), 3), round(float(cy - side / 2), 3), round(float(side), 3)])
-        out["index"].append(int(i))
+        return FaceCrop(index=int(i), image=warp(frame, m, size), mask=head_mask(mesh, m, size, frame.shape[:2],
+                                                                                    skull_frac),
+                        landmarks=lm.astype(np.float32), visible=np.all((lm >= 0) & (lm < size), axis=1),
+                        box=(float(cx - side / 2), float(cy - side / 2), float(side)))
 
     n_kept = 0
     for i, frame in frames_it:
@@ -288,31 +306,38 @@ def _run(fl, frames_it, report, out_dir, size, crop_scale, raise_frac, smooth, m
             report.no_face_frames += 1
             continue
         last_box, last_mesh = result.box, result.mesh
-        pending.append((i, frame, result.mesh, last_box))
+        pending.append((i, frame, result.mesh))
         boxes.append(crop_box_from_mesh(result.mesh, crop_scale, raise_frac))
         n_kept += 1
         # `boxes` holds the last ≤2s+1 kept frames; the oldest pending frame is centred once s later ones exist
         if len(pending) > smooth:
-            emit(len(boxes) - 1 - smooth)
+            yield emit(len(boxes) - 1 - smooth)
         if max_frames and n_kept >= max_frames:
             break
     while pending:
-        emit(len(boxes) - len(pending))
-    report.frames_written = len(out["frames"])
+        yield emit(len(boxes) - len(pending))
+
+
+def _run(fl, frames_it, report, out_dir, size, crop_scale, raise_frac, smooth, max_frames, detect_every,
+         min_frames, skull_frac, identity, fps, stride, progress):
+    crops = list(crop_faces(frames_it, size, report, crop_scale=crop_scale, raise_frac=raise_frac, smooth=smooth,
+                            max_frames=max_frames, detect_every=detect_every, skull_frac=skull_frac, landmarker=fl,
+                            progress=progress))
+    report.frames_written = len(crops)
     if report.frames_written < min_frames:
         report.status = "no_face"
         report.message = (f"no face found: {report.frames_written} frame(s) with a face out of {report.frames_read} "
                           f"read (need {min_frames}); nothing written")
         return
     meta = {"source": f"video:{report.source}", "identity": identity, "label": None,
-            "fps": (fps / stride) if fps else None, "source_frames": out["index"], "crop_boxes_xys": out["crops"],
+            "fps": (fps / stride) if fps else None, "source_frames": [c.index for c in crops],
+            "crop_boxes_xys": [[round(v, 3) for v in c.box] for c in crops],
             "frames_read": report.frames_read, "unreadable_frames": len(report.unreadable_frames),
             "no_face_frames": report.no_face_frames,
             "landmarks": "MediaPipe face_landmark 468 -> iBUG 68 (sheap_lite.data.face_landmarks)",
             "mask": f"face-oval hull + skull half-ellipse (skull_frac={skull_frac})",
             "crop": {"crop_scale": crop_scale, "raise_frac": raise_frac, "smooth": smooth, "stride": stride}}
-    write_clip(out_dir, np.stack(out["frames"]), np.stack(out["masks"]), np.stack(out["lm"]),
-               np.stack(out["vis"]), meta)
+    write_clip(out_dir, np.stack([c.image for c in crops]), np.stack([c.mask for c in crops]),
+               np.stack([c.landmarks for c in crops]), np.stack([c.visible for c in crops]), meta)
     report.status = "written"
     report.message = f"{report.frames_written} frames"
-
