@@ -45,7 +45,8 @@ from tqdm import tqdm  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from sheap_lite.data.clip_format import is_complete  # noqa: E402
-from sheap_lite.data.clips import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ClipReport, prepare_clip  # noqa: E402
+from sheap_lite.data.clips import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ClipReport, prepare_clip,  # noqa: E402
+                                   summarize_reports)
 from sheap_lite.data.jobs import (RESUME_HINT, SettingsMismatch, claim_settings, non_negative_int,  # noqa: E402
                                   positive_int, run_jobs)
 
@@ -91,35 +92,6 @@ def _settings_in_meta(meta: dict) -> dict:
     """The recorded settings a clip's meta.json reveals (for a folder written before settings were recorded)."""
     crop = meta.get("crop", {})
     return {"size": meta.get("size"), "stride": crop.get("stride"), "crop_scale": crop.get("crop_scale")}
-
-
-def summarize(reports: list[dict], n_sources: int, seconds: float,
-              not_done: tuple[list[str], str] = ([], "")) -> tuple[list[str], dict]:
-    """Problem lines and totals; `not_done` = (sources not prepared in this run, why)."""
-    lines = []
-    for r in sorted(reports, key=lambda r: r["source"]):
-        if r["status"] == "unreadable":
-            lines.append(f"UNREADABLE  {r['source']}: {r['message']}")
-        elif r["status"] == "no_face":
-            lines.append(f"NO FACE     {r['source']}: {r['message']}"
-                         + (f"; {len(r['unreadable_frames'])} unreadable frame(s)" if r["unreadable_frames"] else ""))
-        elif r["status"] == "error":
-            lines.append(f"ERROR       {r['source']}: {r['message']}")
-        elif r["unreadable_frames"] or r["no_face_frames"]:
-            bad = r["unreadable_frames"]
-            shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-            lines.append(f"FRAMES      {r['source']}: {len(bad)} unreadable frame(s) skipped"
-                         + (f" (index {shown})" if bad else "")
-                         + f", {r['no_face_frames']} frame(s) without a face skipped; {r['frames_written']} written")
-    lines += [f"NOT DONE    {rel}: {not_done[1]}" for rel in sorted(not_done[0])]
-    statuses = ("written", "complete", "no_face", "unreadable", "error")
-    count = {s: sum(r["status"] == s for r in reports) for s in statuses}
-    totals = {"sources": n_sources, **count, "not_reached": n_sources - len(reports),
-              "frames_read": sum(r["frames_read"] for r in reports),
-              "frames_written": sum(r["frames_written"] for r in reports),
-              "unreadable_frames": sum(len(r["unreadable_frames"]) for r in reports),
-              "no_face_frames": sum(r["no_face_frames"] for r in reports), "seconds": round(seconds, 2)}
-    return lines, totals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     why = ("interrupted (Ctrl-C)" if outcome.interrupted else
            f"stopped: {outcome.dead_worker} while preparing {jobs[outcome.dead_job]['rel']}" if outcome.dead_worker
            else "")
-    lines, totals = summarize(reports, len(sources), time.perf_counter() - t0,
+    lines, totals = summarize_reports(reports, len(sources), time.perf_counter() - t0,
                               ([jobs[k]["rel"] for k in outcome.not_done], why))
     print(f"\nsummary ({len(lines)} problem line(s)):")
     for line in lines:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .flame import FLAME
+from .outputs import write_atomic, write_mesh
 from .viz import head_colors, head_figure, heads_grid, image_figure
 
 EXPRESSIONS = ("jawOpen", "mouthSmileLeft", "mouthSmileRight", "mouthPucker", "browInnerUp", "eyeBlinkLeft")
@@ -70,24 +71,6 @@ def check_out_dir(out_dir: Path) -> None:
                          "folder, e.g. --out runs/demo.") from None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write `path` through a temporary file: the old file stays whole until the new one is complete."""
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_obj(path: Path, vertices: torch.Tensor, faces: torch.Tensor) -> None:
-    """A mesh as Wavefront OBJ (vertices (V,3) metres, faces (F,3) 0-based), written atomically via trimesh."""
-    import trimesh
-
-    mesh = trimesh.Trimesh(vertices.detach().cpu().numpy(), faces.cpu().numpy(), process=False)
-    _write_text_atomic(path, trimesh.exchange.obj.export_obj(mesh, include_normals=False))
-
-
 def render_both(flame: FLAME, size: int = 128):
     """The template rendered with 2DGS surfels and with the mesh rasteriser (same camera, light and colours).
 
@@ -130,7 +113,7 @@ def run(out_dir: Path, flame_path: str | None = None) -> Path:
         for label, params in cases.items():
             vertices = flame(**params).vertices[0]
             heads.append(vertices)
-            write_obj(out_dir / "meshes" / f"{label.replace(' ', '_')}.obj", vertices, flame.faces)
+            write_mesh(out_dir / "meshes" / f"{label.replace(' ', '_')}.obj", vertices, flame.faces)
         landmarks = flame().landmarks[0]
     colors = head_colors(flame)
     grid = heads_grid(heads, flame.faces, list(cases), cols=4, vertex_colors=colors)
@@ -154,7 +137,7 @@ def run(out_dir: Path, flame_path: str | None = None) -> Path:
     report = out_dir / "index.html"
     figures = (detail, grid, renders, strip)
     body = "\n".join(fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures))
-    _write_text_atomic(report, f"<html><head><meta charset='utf-8'>{_TITLE}</head><body>"
+    write_atomic(report, f"<html><head><meta charset='utf-8'>{_TITLE}</head><body>"
                        f"<h1>sheap_lite demo</h1><p>Head model: {flame.name}. Drag to rotate; meshes in "
                        f"<code>meshes/</code>; the synthetic clips in <code>synthetic/</code> (first clip, label "
                        f"{clip.meta.get('label')!r}, at the bottom).</p>{body}</body></html>")

@@ -65,6 +65,36 @@ class ClipReport:
         return asdict(self)
 
 
+def summarize_reports(reports: list[dict], n_sources: int, seconds: float,
+                      not_done: tuple[list[str], str] = ([], "")) -> tuple[list[str], dict]:
+    """One problem line per source with a problem (UNREADABLE, NO FACE, ERROR, FRAMES skipped, NOT DONE) and the
+    totals, from `ClipReport.to_dict()`s of `n_sources` sources; `not_done` = (sources not reached, why)."""
+    lines = []
+    for r in sorted(reports, key=lambda r: r["source"]):
+        if r["status"] == "unreadable":
+            lines.append(f"UNREADABLE  {r['source']}: {r['message']}")
+        elif r["status"] == "no_face":
+            lines.append(f"NO FACE     {r['source']}: {r['message']}"
+                         + (f"; {len(r['unreadable_frames'])} unreadable frame(s)" if r["unreadable_frames"] else ""))
+        elif r["status"] == "error":
+            lines.append(f"ERROR       {r['source']}: {r['message']}")
+        elif r["unreadable_frames"] or r["no_face_frames"]:
+            bad = r["unreadable_frames"]
+            shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+            lines.append(f"FRAMES      {r['source']}: {len(bad)} unreadable frame(s) skipped"
+                         + (f" (index {shown})" if bad else "")
+                         + f", {r['no_face_frames']} frame(s) without a face skipped; {r['frames_written']} written")
+    lines += [f"NOT DONE    {rel}: {not_done[1]}" for rel in sorted(not_done[0])]
+    statuses = ("written", "complete", "no_face", "unreadable", "error")
+    count = {s: sum(r["status"] == s for r in reports) for s in statuses}
+    totals = {"sources": n_sources, **count, "not_reached": n_sources - len(reports),
+              "frames_read": sum(r["frames_read"] for r in reports),
+              "frames_written": sum(r["frames_written"] for r in reports),
+              "unreadable_frames": sum(len(r["unreadable_frames"]) for r in reports),
+              "no_face_frames": sum(r["no_face_frames"] for r in reports), "seconds": round(seconds, 2)}
+    return lines, totals
+
+
 class UnreadableSource(Exception):
     """The video file or folder cannot be opened at all."""
 
