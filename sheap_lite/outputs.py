@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,13 @@ MESH_SUFFIXES = (".obj", ".ply")
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` (str as UTF-8) to `path` through a temporary file in the same folder; returns the path."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # unique, the umask's mode
     try:
-        with os.fdopen(handle, "wb") as file:
+        with open(temporary, "xb") as file:
             file.write(data.encode() if isinstance(data, str) else data)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 
