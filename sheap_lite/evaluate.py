@@ -23,6 +23,8 @@ shape, expression, eyelids, jaw) for `neutral`; for `expressive`, the template a
 global, neck and eye rotations and translation; zero jaw, so the jaw counts as the error it is); for landmarks,
 what an untrained network predicts (zero parameters, identity rotations, the data's mean framing translation).
 Summaries (`metrics.error_summary`) pool every vertex of every frame: median, mean, population std.
+
+`--benchmark now --data NOW_ROOT`: the NoW benchmark instead (`sheap_lite/now.py`, docs/now.md).
 """
 
 from __future__ import annotations
@@ -269,16 +271,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen.add_argument("--checkpoint", help="a training run's checkpoint.pt, or `mean` for the mean head")
     chosen.add_argument("--baseline", choices=["mean_head"], help="measure a baseline instead of a checkpoint")
     parser.add_argument("--benchmark", choices=BENCHMARKS, default="synthetic")
-    parser.add_argument("--data", required=True, help="folder of synthetic clips, or a generator output folder")
+    parser.add_argument("--data", required=True, help="folder of synthetic clips, or a generator output folder; "
+                        "with --benchmark now: the NoW folder (docs/now.md)")
     parser.add_argument("--out", required=True, help="folder for metrics.json and metrics.md")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--flame-path", default=None, help="head model file (default: the checkpoint's, else "
                         "FLAME.load()'s choice)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.benchmark == "now":
-        parser.error("--benchmark now: not yet: see docs/now.md (the metric, metrics.scan_to_mesh_errors, exists; "
-                     "the NoW folder reader does not)")
     if args.checkpoint not in (None, "mean") and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no such file (a run folder's checkpoint.pt, or `mean`)")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -295,12 +295,19 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(args.checkpoint, args.device, args.flame_path)
         flame, camera, name = model.flame, model.camera, str(args.checkpoint)
         predict = model_predictor(model)
-    metrics = {"predictor": name, **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress)}
+    if args.benchmark == "now":  # sheap_lite/now.py; NoW has no clips: the predictor sees images only
+        from .now import evaluate_now, markdown_table as table
+        size = 224 if args.checkpoint in (None, "mean") else model.config.image_size
+        metrics = {"predictor": name, **evaluate_now(lambda images: predict(images, None), flame, args.data, size,
+                                                     not args.no_progress)}
+    else:
+        table = markdown_table
+        metrics = {"predictor": name, **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    _write_text(out / "metrics.md", markdown_table(metrics))
-    print(markdown_table(metrics))
+    _write_text(out / "metrics.md", table(metrics))
+    print(table(metrics))
     return metrics
 
 

@@ -207,7 +207,7 @@ def load_landmark_embedding(path: str | Path) -> tuple[torch.Tensor, torch.Tenso
     with open(path, "rb") as f:
         if f.read(6) == b"\x93NUMPY":
             f.seek(0)
-            data = _npy_pickled_object(f, path)
+            data = npy_pickled_object(f, path)
             face_key, bary_key = "full_lmk_faces_idx", "full_lmk_bary_coords"
         else:
             f.seek(0)
@@ -227,8 +227,11 @@ def load_landmark_embedding(path: str | Path) -> tuple[torch.Tensor, torch.Tenso
     return _tensor(faces, np.int64), _tensor(bary, np.float64)
 
 
-def _npy_pickled_object(f, path: Path) -> object:
-    """The object of a pickled (object-dtype) .npy file, parsed by hand instead of `np.load(allow_pickle=True)`."""
+def npy_pickled_object(f, path: Path, what: str = "FLAME landmark embedding", fix: str = LANDMARK_FIX,
+                       expected: str = "the pickled landmark dict of DECA's landmark_embedding.npy (keys "
+                                       "'full_lmk_faces_idx', 'full_lmk_bary_coords')") -> object:
+    """The object of a pickled (object-dtype) .npy file open as `f`, parsed by hand with the restricted unpickler
+    instead of `np.load(allow_pickle=True)`; errors name `path`, say it is not a `what` (`expected`) and `fix`."""
     readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
     try:
         version = npy_format.read_magic(f)
@@ -236,13 +239,10 @@ def _npy_pickled_object(f, path: Path) -> object:
             raise ValueError(f"unsupported .npy format version {version}")
         shape, _, dtype = readers[version](f)
     except ValueError as err:
-        raise ValueError(f"{path} is not a FLAME landmark embedding ({err}); {LANDMARK_FIX}") from err
+        raise ValueError(f"{path} is not a {what} ({err}); {fix}") from err
     if not dtype.hasobject:
-        raise ValueError(
-            f"{path} holds a plain {dtype} array of shape {shape}, not the pickled landmark dict of DECA's "
-            "landmark_embedding.npy (keys 'full_lmk_faces_idx', 'full_lmk_bary_coords')"
-        )
-    value = _restricted_load(f, path, "FLAME landmark embedding", LANDMARK_FIX)
+        raise ValueError(f"{path} holds a plain {dtype} array of shape {shape}, not {expected}")
+    value = _restricted_load(f, path, what, fix)
     return value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
 
 

@@ -260,14 +260,16 @@ def crop_scan(scan_points, scan_landmarks7) -> torch.Tensor:
 
 
 def refine_similarity(scan_points, vertices, faces, iterations: int = 50, rtol: float = 1e-6,
-                      max_pairs: int = 1 << 18) -> Similarity:
+                      max_pairs: int = 1 << 18, floor: float = 1e-6) -> Similarity:
     """The similarity T (near the identity) that moves the mesh (V,3) to minimise sum |scan_i - mesh|^2 over
     the scan points (P,3): ICP, i.e. closest points on the moved mesh -> `umeyama` to the scan -> repeat.
 
     This is the objective NoW minimises with a dogleg solver over (s, R, t) (sum of squared unsigned
     scan-to-mesh distances). ICP needs no step size and never increases it: Umeyama is the exact minimiser for
     fixed closest points, and re-finding closest points can only shorten them. Stops when the mean squared
-    distance improves by less than `rtol` (relative) or after `iterations` steps."""
+    distance improves by less than `rtol` (relative), when the RMS distance is below `floor` × the scan's
+    bounding-box diagonal (float32 noise: a mesh that already fits, e.g. its own copy, crept on for ~25 steps of
+    relative gains on 1e-5 mm residuals) or after `iterations` steps."""
     fn = "refine_similarity"
     verts = _tensor(vertices, "vertices", fn, (3,))
     scan = _tensor(scan_points, "scan_points", fn, (3,), device=verts.device)
@@ -277,10 +279,11 @@ def refine_similarity(scan_points, vertices, faces, iterations: int = 50, rtol: 
     eye = torch.eye(3, dtype=torch.float64, device=verts.device)
     total = Similarity(verts.new_ones(()), eye, verts.new_zeros(3))
     previous = float("inf")
+    negligible = float((scan.amax(0) - scan.amin(0)).norm() * floor) ** 2
     for _ in range(iterations):
         dist, closest, _ = point_mesh_distance(scan, total.apply(verts), faces, max_pairs=max_pairs)
         energy = float(dist.square().mean())
-        if energy >= previous * (1 - rtol):
+        if energy >= previous * (1 - rtol) or energy <= negligible:
             break
         previous = energy
         total = umeyama(closest, scan).after(total)

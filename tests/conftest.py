@@ -12,3 +12,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ci_checkpoint(tmp_path_factory, one_thread):
+    """(path, model): an untrained `ci` model (64², seed 0) saved as training saves it."""
+    import dataclasses
+
+    from sheap_lite.checkpoint import head_model_id, save_checkpoint
+    from sheap_lite.config import PRESETS
+    from sheap_lite.flame import FLAME
+    from sheap_lite.train import build_model
+
+    config = dataclasses.replace(PRESETS["ci"], seed=0)
+    flame = FLAME.load()
+    torch.manual_seed(0)
+    model = build_model(config, flame).eval()
+    path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
+    save_checkpoint(dict(version=1, step=0, config=dataclasses.asdict(config), head=head_model_id(flame),
+                         model=model.state_dict()), path)
+    return path, model

@@ -107,12 +107,13 @@ def test_checkpoint_is_measured_as_the_model_it_holds(data, flame, tmp_path):
 
 
 def test_bad_arguments_are_clear(data, tmp_path, capsys):
-    for argv, message in [(["--checkpoint", "mean", "--benchmark", "now"], "docs/now.md"),
-                          (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
+    for argv, message in [(["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
                           (["--checkpoint", "mean", "--baseline", "mean_head"], "not allowed with")]:
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--data", str(data), "--out", str(tmp_path / "out")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no imagepathsvalidation.txt.*docs/now.md"):  # not a NoW folder
+        main(["--checkpoint", "mean", "--benchmark", "now", "--data", str(data), "--out", str(tmp_path / "out")])
     with pytest.raises(ValueError, match="no complete clips"):
         main(["--baseline", "mean_head", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"])
     with pytest.raises(ValueError, match="no ground truth"):  # a clip without ground truth (a real clip)

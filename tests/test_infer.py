@@ -4,7 +4,6 @@ camera recomputed here, the crop against data preparation's, and the failures re
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -23,8 +22,6 @@ if OK:
     from skimage import data as skdata
 
     from sheap_lite.camera import project
-    from sheap_lite.checkpoint import head_model_id, save_checkpoint
-    from sheap_lite.config import PRESETS
     from sheap_lite.contour import contour_landmarks
     from sheap_lite.data.clip_format import load_clip
     from sheap_lite.data.clips import prepare_clip
@@ -32,22 +29,13 @@ if OK:
     from sheap_lite.flame import FLAME
     from sheap_lite.infer import main, predict_crops
     from sheap_lite.params import FlameParams
-    from sheap_lite.train import build_model
 
 VIDEO_FRAMES = 4
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, one_thread):
-    """An untrained `ci` model (64²), saved as training saves it."""
-    config = dataclasses.replace(PRESETS["ci"], seed=0)
-    flame = FLAME.load()
-    torch.manual_seed(0)
-    model = build_model(config, flame).eval()
-    path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
-    save_checkpoint(dict(version=1, step=0, config=dataclasses.asdict(config), head=head_model_id(flame),
-                         model=model.state_dict()), path)
-    return path
+def checkpoint(ci_checkpoint):
+    return ci_checkpoint[0]
 
 
 @pytest.fixture(scope="module")

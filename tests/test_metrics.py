@@ -269,3 +269,17 @@ def test_error_summary_matches_numpy_conventions():
     assert summary == {"median_mm": 2.5, "mean_mm": 2.5, "std_mm": pytest.approx(math.sqrt(1.25))}
     with pytest.raises(ValueError, match="no distances"):
         M.error_summary([])
+
+
+def test_refinement_stops_when_the_fit_is_already_exact(head, monkeypatch):
+    """A mesh that fits to float32 noise stops at once (the relative test alone crept on ~25 steps on it)."""
+    vertices, faces, _ = head
+    noisy = vertices.float().double()  # ~1e-8 m of rounding: what a float32 FLAME gives against itself
+    calls = []
+    measure = M.point_mesh_distance
+    monkeypatch.setattr(M, "point_mesh_distance", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    fit = M.refine_similarity(vertices[::3], noisy, faces)
+    assert len(calls) == 1 and float(fit.scale) == 1.0
+    calls.clear()
+    M.refine_similarity(vertices[::3], noisy, faces, floor=0.0)
+    assert len(calls) > 1
