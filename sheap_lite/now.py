@@ -39,9 +39,8 @@ from .metrics import NOW_LANDMARKS, error_summary, scan_to_mesh_errors
 from .params import FlameParams
 
 __all__ = ["NowImage", "NowData", "read_pp", "read_face_box", "read_now", "crop_now_image", "evaluate_now",
-           "markdown_table", "CHALLENGES"]
+           "markdown_table"]
 
-CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")
 IMAGE_LIST = "imagepathsvalidation.txt"
 NESTED = Path("NoW_Dataset") / "final_release_version"
 GET_DATA = "see docs/now.md for how to obtain the NoW data and the folder it expects"

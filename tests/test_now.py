@@ -18,6 +18,7 @@ OK, WHY = fl.available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"face landmarker unavailable: {WHY}")
 
 if OK:
+    import trimesh
     from skimage import data as skdata
 
     from sheap_lite.evaluate import main
@@ -149,7 +150,7 @@ def test_another_identity_measures_what_the_metric_gives(now_root, ci_checkpoint
 
     metrics = evaluate_now(mean_head, flame, root, 64, progress=False, landmarker=landmarker, refine_iterations=3)
     data = read_now(root)
-    scan = np.asarray(__import__("trimesh").load(data.scans["S2"], process=False).vertices)
+    scan = np.asarray(trimesh.load(data.scans["S2"], process=False).vertices)
     head = flame(shape=shape)
     direct = scan_to_mesh_errors(scan, data.landmarks["S2"], head.vertices[0], flame.faces,
                                  head.landmarks[0, list(NOW_LANDMARKS)], mm_per_unit=1.0, refine_iterations=3)
