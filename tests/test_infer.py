@@ -162,3 +162,14 @@ def test_existing_outputs_nothing_found_and_name_clashes(run, checkpoint, inputs
     with pytest.raises(SystemExit) as exit_info:
         main([str(inputs / "astronaut.png"), str(tmp_path / "astronaut.jpg"), *base])
     assert exit_info.value.code == 2 and "would both be written" in capsys.readouterr().err
+
+
+def test_video_stride_and_max_frames(checkpoint, inputs, tmp_path):
+    assert main([str(inputs / "moving.avi"), "--checkpoint", str(checkpoint), "--out", str(tmp_path), "--stride", "2",
+                 "--max-frames", "1", "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "moving").iterdir()) == ["frame_000000", "info.json"]
+    info = json.loads((tmp_path / "moving" / "info.json").read_text())
+    assert info["frames"] == [0] and info["stride"] == 2 and info["frames_read"] == 1
+    assert main([str(inputs / "moving.avi"), "--checkpoint", str(checkpoint), "--out", str(tmp_path), "--stride", "3",
+                 "--overwrite", "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "moving").iterdir() if p.is_dir()) == ["frame_000000", "frame_000003"]
