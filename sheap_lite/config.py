@@ -116,12 +116,12 @@ RESUMABLE_CHANGES = ("log_every", "eval_every", "eval_batches", "ckpt_every", "i
 PRESETS: dict[str, TrainConfig] = {
     # lr: 1e-3 diverged on the ci set (held-out L1 0.065 → 0.13 in 40 steps, shape prior → 19); 2e-4 falls.
     "ci": TrainConfig(
-        model=ModelConfig(encoder="cnn", image_size=64, width=8, feature_dim=64),
+        model=ModelConfig(encoder="cnn", image_size=64, width=8, feature_dim=64, landmark_input=True),
         optim=OptimConfig(lr=2e-4, warmup=5),
         steps=30, batch_size=4, log_every=5, eval_every=10, eval_batches=2, ckpt_every=10, image_every=30),
     # ~7.3 s per step at 128², batch 8, 1 thread (2-core machine, load ~2.5): 220 steps + 7 evaluations ≈ 29 min.
     "small": TrainConfig(
-        model=ModelConfig(encoder="cnn", image_size=128, width=32, feature_dim=256),
+        model=ModelConfig(encoder="cnn", image_size=128, width=32, feature_dim=256, landmark_input=True),
         data=DataConfig(colour=0.1, scale=0.05, shift=0.04),
         optim=OptimConfig(lr=2e-4, warmup=20),
         steps=220, batch_size=8, log_every=10, eval_every=40, eval_batches=4, ckpt_every=40, image_every=40),

@@ -44,7 +44,7 @@ from .contour import contour_landmarks
 from .data.clip_format import Clip, list_clips, load_clip
 from .flame import FLAME
 from .metrics import NOW_LANDMARKS, error_summary, now_crop_sphere, vertex_errors
-from .networks import DATA_FRAMING_TRANSLATION
+from .networks import DATA_FRAMING_TRANSLATION, landmark_input
 from .params import FlameParams
 
 __all__ = ["Predictor", "load_model", "model_predictor", "mean_head_params", "mean_head_predictor", "face_region",
@@ -85,13 +85,18 @@ def mean_head_params(batch: int, n_shape: int, n_expression: int, like: torch.Te
 
 
 def model_predictor(model) -> Predictor:
-    """`Reanimator.predict` as a `Predictor`; clips must have the model's image size."""
+    """`Reanimator.predict` as a `Predictor`; clips must have the model's image size. A model with
+    `landmark_input` reads the clip's annotated 2D landmarks beside each image."""
     def predict(images: torch.Tensor, clip: Clip) -> FlameParams:
         if images.shape[-1] != model.config.image_size:
             raise ValueError(f"the checkpoint's model takes {model.config.image_size}² images but {clip.path} is "
                              f"{images.shape[-1]}²: evaluate on clips of the model's size (`python -m "
                              f"sheap_lite.data.synthetic --size {model.config.image_size}`)")
-        return model.predict(images)
+        landmarks = None
+        if model.config.landmark_input:  # the clip's 2D annotations, as in training (networks.py)
+            landmarks = landmark_input(torch.as_tensor(clip.landmarks).float(),
+                                       torch.as_tensor(clip.landmarks_visible).bool()).to(images)
+        return model.predict(images, landmarks)
     return predict
 
 
@@ -295,11 +300,13 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(args.checkpoint, args.device, args.flame_path)
         flame, camera, name = model.flame, model.camera, str(args.checkpoint)
         predict = model_predictor(model)
-    if args.benchmark == "now":  # sheap_lite/now.py; NoW has no clips: the predictor sees images only
+    if args.benchmark == "now":  # sheap_lite/now.py; NoW has no clips: images and the detector's landmarks
         from .now import evaluate_now, markdown_table as table
-        size = 224 if args.checkpoint in (None, "mean") else model.config.image_size
-        metrics = {"predictor": name, **evaluate_now(lambda images: predict(images, None), flame, args.data, size,
-                                                     not args.no_progress)}
+        if args.checkpoint in (None, "mean"):
+            size, predict_now = 224, lambda images, landmarks: predict(images, None)
+        else:
+            size, predict_now = model.config.image_size, model.predict
+        metrics = {"predictor": name, **evaluate_now(predict_now, flame, args.data, size, not args.no_progress)}
     else:
         table = markdown_table
         metrics = {"predictor": name, **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress)}

@@ -10,7 +10,8 @@ DIR/<input name>/frame_NNNNNN/ for each video frame with a face (NNNNNN: its ind
                            [global, neck, jaw, eye_l, eye_r], eyelids (2,), translation (3,) metres; landmarks2d
                            (68,2): the mesh's landmarks projected into the crop (px, jaw on the occluding contour,
                            as in training); landmarks2d_image (68,2) the same in source pixels; crop_box (x0, y0,
-                           side) in source pixels; frame (the source index)
+                           side) in source pixels; frame (the source index); detected (68,3): the face
+                           detector's 68 points in the crop (x, y px, visible), what a `landmark_input` model reads
   mesh.obj, mesh.ply       the predicted posed mesh (V,3) in metres, in the model's world frame (camera on +z)
   crop.png                 the network's input (S,S)
   overlay.png              the crop, enlarged, under the projected mesh (front-facing edges) and its landmarks
@@ -72,19 +73,26 @@ def open_source(path: Path, stride: int = 1):
 
 
 @torch.no_grad()
-def predict_crops(model, crops: list[np.ndarray], render: bool = False) -> dict[str, torch.Tensor]:
+def predict_crops(model, crops: list[np.ndarray], render: bool = False,
+                  detected: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """The model on B crops (S,S,3) uint8 → {"params": FlameParams, "vertices" (B,V,3), "landmarks2d" (B,68,2) crop
-    px, "vertices2d" (B,V,2) crop px, "front" (B,F) bool: faces turned to the camera, "render" (B,3,S,S) or None}."""
+    px, "vertices2d" (B,V,2) crop px, "front" (B,F) bool: faces turned to the camera, "render" (B,3,S,S) or None}.
+    detected (B,68,3): the face detector's landmarks in the crops (x, y px, visible), read by a model with
+    `landmark_input`."""
     device = model.flame.v_template.device
     images = torch.from_numpy(np.stack(crops)).to(device).permute(0, 3, 1, 2).float() / 255
-    params = model.predict(images).to(device, torch.float32)
+    seen = None if detected is None else torch.as_tensor(detected, dtype=torch.float32, device=device)
+    params = model.predict(images, seen).to(device, torch.float32)
     vertices = model.flame(params).vertices
     viewmat, K = model.cameras(len(crops), images.shape[-1], vertices)
     landmarks = project(contour_landmarks(model.flame, vertices, viewmat), viewmat, K)
     corners = world_to_camera(vertices, viewmat)[:, model.flame.faces]  # (B,F,3,3) camera frame
     normals = torch.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
     front = (normals * corners.mean(2)).sum(-1) < 0  # the outward normal points back at the camera (origin)
-    rendered = model(images, images, composite="none").image.clamp(0, 1) if render else None
+    rendered = None
+    if render:
+        rendered = model(images, images, composite="none", source_landmarks=seen,
+                         target_landmarks=seen).image.clamp(0, 1)
     return {"params": params, "vertices": vertices, "landmarks2d": landmarks,
             "vertices2d": project(vertices, viewmat, K), "front": front, "render": rendered}
 
@@ -159,7 +167,8 @@ class Inference:
                            progress=self.progress)
         kept = []
         for chunk in _chunks(crops, self.batch):
-            predicted = predict_crops(self.model, [c.image for c in chunk], self.render)
+            detected = np.stack([np.concatenate([c.landmarks, c.visible[:, None]], -1) for c in chunk])
+            predicted = predict_crops(self.model, [c.image for c in chunk], self.render, detected)
             for k, crop in enumerate(chunk):
                 target = folder / f"frame_{crop.index:06d}" if is_video else folder
                 target.mkdir(exist_ok=True)
@@ -181,7 +190,8 @@ class Inference:
                   "pose": params.pose_axis_angle()[0], "pose_matrices": params.pose_matrices()[0],
                   "translation": params.translation[0], "landmarks2d": landmarks,
                   "landmarks2d_image": landmarks * (side / size) + landmarks.new_tensor([x0, y0]),
-                  "crop_box": torch.tensor(crop.box, dtype=torch.float64), "frame": torch.tensor(crop.index)}
+                  "crop_box": torch.tensor(crop.box, dtype=torch.float64), "frame": torch.tensor(crop.index),
+                  "detected": torch.from_numpy(np.concatenate([crop.landmarks, crop.visible[:, None]], -1))}
         if params.eyelids is not None:
             arrays["eyelids"] = params.eyelids[0]
         write_npz(folder / "params.npz", **arrays)

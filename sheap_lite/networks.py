@@ -19,6 +19,15 @@ Surfel attribute generator (`ModelConfig.gaussian_head`):
 - "embedding": the same MLP on the per-face embedding and FiLM only (texture from a global vector).
 Both cost one matmul chain over N surfels (no graph convolution, no UV map: the built-in head has no UVs);
 measured figures are in docs/architecture.md.
+
+Landmark input (`ModelConfig.landmark_input`, on in the `ci` and `small` presets, off in `paper`): FlameHead also
+reads the image's 68 2D landmarks (the clip's annotations; the face detector's at inference), as a
+`landmark_code`: their centroid and size, and their shape with both taken out, standardised by statistics of the
+training set (`FlameHead.set_landmark_statistics`, buffers saved with the model). A departure from the paper,
+whose encoder sees the image alone, for CPU-sized training: measured on the `small` set (docs/architecture.md),
+the small CNN trained with SUPERVISED neutral shape for 1,000 steps still predicted worse than the mean head
+(2.74 vs 2.65 mm), while a linear map from one frame's landmarks to the shape reached 1.23 mm. Training stays
+self-supervised: no 3D ground truth is read, the landmarks are the same 2D annotations the landmark loss uses.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from .params import FlameParams
 from .vit import ViTEncoder
 
 __all__ = ["ModelConfig", "Encoder", "FlameHead", "GaussianHead", "Networks", "DATA_FRAMING_TRANSLATION",
-           "INITIAL_LIGHT"]
+           "INITIAL_LIGHT", "landmark_code", "landmark_input", "LANDMARK_CODE_DIM"]
 
 # Mean ground-truth head translation (m) of synthetic clips: the 3,200 training frames of `python -m
 # sheap_lite.data.synthetic --preset small` gave (-0.001, 0.000, -0.416) ± (0.017, 0.015, 0.094); x is 0 by symmetry
@@ -47,6 +56,7 @@ DATA_FRAMING_TRANSLATION = (0.0, 0.0, -0.416)
 # is (0.54, 0.39, 0.31), luminance ≈ 0.41 ≈ 0.5 × 0.8.
 INITIAL_LIGHT = 0.8
 N_LOCAL = 13  # offset 3, rotation 4, log-scale 2, opacity 1, albedo 3
+LANDMARK_CODE_DIM = 68 * 3 + 3  # centred, size-normalised x, y and the visibility of 68 points; centroid, size
 
 
 @dataclass
@@ -68,6 +78,7 @@ class ModelConfig:
     vit_depth: int = 4
     vit_heads: int = 4
     vit_patch: int = 16
+    landmark_input: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder not in ("cnn", "vit"):
@@ -79,6 +90,32 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.landmark_input, bool):
+            raise ValueError(f"ModelConfig.landmark_input must be True or False, got {self.landmark_input!r}")
+
+
+def landmark_input(points: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """(B,68,3): pixel x, y (B,68,2) and visibility (B,68) (bool or 0/1) side by side, what the networks take."""
+    if points.shape[-2:] != (68, 2) or visible.shape != points.shape[:-1]:
+        raise ValueError(f"landmark_input: points must be (B,68,2) pixels and visible (B,68), got "
+                         f"{tuple(points.shape)} and {tuple(visible.shape)}")
+    return torch.cat([points, visible[..., None].to(points)], -1)
+
+
+def landmark_code(landmarks: torch.Tensor, size: int) -> torch.Tensor:
+    """landmarks (B,68,3) (x, y px, visible) in S×S images → (B, LANDMARK_CODE_DIM): the visible points' centroid
+    c (in [-1,1] image units) and size s (RMS distance to c, / S), then every point as (p − c)/s (0 where not
+    visible) and its visibility. Translation and size of the face are thus apart from its shape (what identity
+    changes). No visible point: all zeros."""
+    points, visible = landmarks[..., :2], landmarks[..., 2:].clamp(0, 1)
+    count = visible.sum(1, keepdim=True).clamp_min(1.0)  # (B,1,1)
+    centre = (points * visible).sum(1, keepdim=True) / count
+    spread = (((points - centre) ** 2).sum(-1, keepdim=True) * visible).sum(1, keepdim=True) / count
+    scale = spread.sqrt().clamp_min(1e-3 * size)
+    shape = (points - centre) / scale * visible
+    any_visible = (visible.sum((1, 2)) > 0).to(points)[:, None]
+    frame = torch.cat([centre[:, 0] / size * 2.0 - 1.0, scale[:, 0] / size], -1) * any_visible
+    return torch.cat([torch.cat([shape, visible], -1).flatten(1), frame], -1)
 
 
 def _conv(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -128,14 +165,21 @@ def _small_output(layer: nn.Linear, bias: torch.Tensor, gain: float = 0.01) -> N
 
 
 class FlameHead(nn.Module):
-    """features (B,D) → FlameParams: shape (B,n_shape), expression (B,n_expression), pose (B,5,3,3) from 6D,
-    eyelids (B,2), translation (B,3). Untrained: zeros, identity rotations, `translation` (the data's framing)."""
+    """features (B,D) (and, with `landmark_input`, landmark codes (B,LANDMARK_CODE_DIM)) → FlameParams: shape
+    (B,n_shape), expression (B,n_expression), pose (B,5,3,3) from 6D, eyelids (B,2), translation (B,3).
+    Untrained: zeros, identity rotations, `translation` (the data's framing)."""
 
     def __init__(self, feature_dim: int, n_shape: int, n_expression: int,
-                 translation: tuple[float, float, float] = DATA_FRAMING_TRANSLATION) -> None:
+                 translation: tuple[float, float, float] = DATA_FRAMING_TRANSLATION,
+                 landmark_input: bool = False) -> None:
         super().__init__()
         self.sizes = (n_shape, n_expression, 5 * 6, 2, 3)
-        self.hidden = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.SiLU())
+        self.landmark_input = landmark_input
+        extra = LANDMARK_CODE_DIM if landmark_input else 0
+        if landmark_input:  # standardisation of the codes (set_landmark_statistics); identity until set
+            self.register_buffer("code_mean", torch.zeros(extra))
+            self.register_buffer("code_std", torch.ones(extra))
+        self.hidden = nn.Sequential(nn.Linear(feature_dim + extra, feature_dim), nn.SiLU())
         self.out = nn.Linear(feature_dim, sum(self.sizes))
         _small_output(self.out, torch.zeros(sum(self.sizes)))
         identity_6d = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]).repeat(5)  # first two columns of I, per joint
@@ -147,7 +191,26 @@ class FlameHead(nn.Module):
         self.register_buffer("unit", torch.cat([torch.ones(n_shape + n_expression), torch.full((30,), 0.1),
                                                 torch.ones(2), torch.full((3,), 0.01)]))
 
-    def forward(self, features: torch.Tensor) -> FlameParams:
+    @torch.no_grad()
+    def set_landmark_statistics(self, codes: torch.Tensor) -> None:
+        """Standardise landmark codes by the mean and std of `codes` (M, LANDMARK_CODE_DIM) (training images'
+        `landmark_code`s); entries that hardly vary (std < 1e-3) are only centred."""
+        if not self.landmark_input:
+            raise ValueError("FlameHead.set_landmark_statistics: this head was built without landmark_input")
+        if codes.dim() != 2 or codes.shape[1] != LANDMARK_CODE_DIM or len(codes) < 2:
+            raise ValueError(f"set_landmark_statistics: codes must be (M≥2, {LANDMARK_CODE_DIM}), got "
+                             f"{tuple(codes.shape)}")
+        std = codes.double().std(0)
+        self.code_mean.copy_(codes.double().mean(0))
+        self.code_std.copy_(torch.where(std < 1e-3, torch.ones_like(std), std))
+
+    def forward(self, features: torch.Tensor, codes: torch.Tensor | None = None) -> FlameParams:
+        if self.landmark_input:
+            if codes is None:
+                raise ValueError("FlameHead: built with landmark_input, so it needs each image's landmark codes "
+                                 "(pass the 68 2D landmarks: Reanimator(..., source_landmarks=, target_landmarks=) or "
+                                 "Reanimator.predict(images, landmarks))")
+            features = torch.cat([features, (codes.to(features) - self.code_mean) / self.code_std], -1)
         raw = self.out(self.hidden(features)) * self.unit + self.offset
         shape, expression, pose6d, eyelids, translation = raw.split(self.sizes, -1)
         pose = rotation_6d_to_matrix(pose6d.reshape(-1, 5, 6))
@@ -207,17 +270,28 @@ class Networks(nn.ModuleDict):
     can wrap this module alone (one forward per backward, FLAME outside it)."""
 
     def __init__(self, config: ModelConfig, binding: SurfelBinding, n_shape: int, n_expression: int) -> None:
-        super().__init__(dict(encoder=Encoder(config), flame_head=FlameHead(config.feature_dim, n_shape, n_expression),
+        super().__init__(dict(encoder=Encoder(config),
+                              flame_head=FlameHead(config.feature_dim, n_shape, n_expression,
+                                                   landmark_input=config.landmark_input),
                               gaussian_head=GaussianHead(config, binding)))
         self.pixel_aligned = config.gaussian_head == "pixel"
 
     def forward(self, source: torch.Tensor, target: torch.Tensor,
-                source_view: Callable[[FlameParams], tuple[torch.Tensor, torch.Tensor]] | None = None):
+                source_view: Callable[[FlameParams], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                source_landmarks: torch.Tensor | None = None, target_landmarks: torch.Tensor | None = None):
         """source, target (B,3,S,S) → (source FlameParams, target FlameParams, raw SurfelLocal, sh (B,9,3)).
-        source_view(source params) → (pixels (B,N,2), facing (B,N)) is needed by the "pixel" GaussianHead."""
-        batch = source.shape[0]
+        source_view(source params) → (pixels (B,N,2), facing (B,N)) is needed by the "pixel" GaussianHead;
+        source/target_landmarks (B,68,3) (`landmark_input`) by a FlameHead with landmark input."""
+        batch, size = source.shape[0], source.shape[-1]
         features, feature_map = self["encoder"](torch.cat([source, target]))
-        src, tgt = self["flame_head"](features[:batch]), self["flame_head"](features[batch:])
+        codes = [None, None]
+        if self["flame_head"].landmark_input:
+            if source_landmarks is None or target_landmarks is None:
+                raise ValueError("Networks: landmark_input is on, so source_landmarks and target_landmarks (B,68,3) "
+                                 "are needed")
+            codes = [landmark_code(source_landmarks, size), landmark_code(target_landmarks, size)]
+        src = self["flame_head"](features[:batch], codes[0])
+        tgt = self["flame_head"](features[batch:], codes[1])
         pixels = facing = None
         if self.pixel_aligned:
             if source_view is None:

@@ -181,11 +181,13 @@ def _scan_points(path: Path) -> np.ndarray:
     return np.asarray(mesh.vertices, np.float64)
 
 
-def evaluate_now(predict: Callable[[torch.Tensor], FlameParams], flame, root: str | os.PathLike, image_size: int,
+def evaluate_now(predict: Callable[[torch.Tensor, torch.Tensor], FlameParams], flame, root: str | os.PathLike,
+                 image_size: int,
                  progress: bool = True, landmarker=None, refine_iterations: int = 50) -> dict:
     """NoW on every photo of `read_now(root)` (module docstring) → the metrics.json dict: `overall` and
     `by_challenge` summaries in mm (with photo counts), `per_image` summaries, and the photos in `no_face`.
-    predict: images (B,3,S,S) in [0,1], S = image_size → FlameParams (only the shape is used)."""
+    predict(images (B,3,S,S) in [0,1], S = image_size, landmarks (B,68,3): the detector's points in the crop, x, y px
+    and visible) → FlameParams (only the shape is used)."""
     data = read_now(root)
     if landmarker is None:
         from .data.face_landmarks import FaceLandmarker
@@ -202,7 +204,9 @@ def evaluate_now(predict: Callable[[torch.Tensor], FlameParams], flame, root: st
             shape = torch.zeros(1, flame.n_shape, device=device)
         else:
             pixels = torch.from_numpy(crop.image).to(device).permute(2, 0, 1)[None].float() / 255
-            shape = predict(pixels).shape.to(device, torch.float32)
+            points = np.concatenate([crop.landmarks, crop.visible[:, None]], -1)[None]
+            shape = predict(pixels, torch.as_tensor(points, dtype=torch.float32, device=device)).shape
+            shape = shape.to(device, torch.float32)
         with torch.no_grad():
             neutral = flame(shape=shape)
         if loaded[0] != image.subject:  # photos are listed subject by subject: one scan in memory

@@ -35,7 +35,7 @@ from .camera import CameraConfig, project
 from .contour import contour_landmarks
 from .flame import FLAME
 from .gaussians import SurfelLocal, Surfels, shade
-from .networks import ModelConfig, Networks
+from .networks import ModelConfig, Networks, landmark_code
 from .params import FlameParams
 from .render import MeshRenderOutput, RenderOutput, render_2dgs, render_mesh, resolve_backend
 from .surfel_field import SurfelField
@@ -122,12 +122,18 @@ class Reanimator(nn.Module):
                 self.camera.intrinsics(size, size, batch, dtype=like.dtype, device=like.device))
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> FlameParams:
-        """Inference: FLAME parameters (identity and pose) of each image (B,3,S,S), pose as matrices."""
+    def predict(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> FlameParams:
+        """Inference: FLAME parameters (identity and pose) of each image (B,3,S,S), pose as matrices. landmarks
+        (B,68,3) (x, y px, visible: `networks.landmark_input`) are needed when the model was built with
+        `landmark_input` (the clip's annotations, or the face detector's points in the crop)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"Reanimator.predict: images must be (B,3,S,S) in [0,1], got {tuple(images.shape)}")
         features, _ = self.networks["encoder"](images)
-        return self.networks["flame_head"](features)
+        head = self.networks["flame_head"]
+        if head.landmark_input and landmarks is None:
+            raise ValueError("Reanimator.predict: this model reads 2D landmarks (ModelConfig.landmark_input): pass "
+                             "landmarks (B,68,3) = networks.landmark_input(points px (B,68,2), visible (B,68))")
+        return head(features, landmark_code(landmarks, images.shape[-1]) if head.landmark_input else None)
 
     def _source_view(self, source: FlameParams, size: int, like: torch.Tensor):
         """Where each surfel lands in the source image and how squarely its triangle faces the source camera:
@@ -150,9 +156,11 @@ class Reanimator(nn.Module):
         return render_mesh(vertices, self.field.faces, viewmat, K, size, size, mode="hard").depth
 
     def forward(self, source: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor | None = None,
-                composite: str = "mask") -> Reanimation:
+                composite: str = "mask", source_landmarks: torch.Tensor | None = None,
+                target_landmarks: torch.Tensor | None = None) -> Reanimation:
         """source, target (B,3,S,S) in [0,1] (two frames of one clip), target_mask (B,1,S,S) in [0,1] (needed for
-        composite="mask"); composite: "mask" | "target" | "none" (module docstring) → `Reanimation`."""
+        composite="mask"); composite: "mask" | "target" | "none" (module docstring); source/target_landmarks
+        (B,68,3) (`networks.landmark_input`), needed when the model has `landmark_input` → `Reanimation`."""
         if composite not in COMPOSITES:
             raise ValueError(f"Reanimator: composite must be one of {COMPOSITES}, got {composite!r}")
         if composite == "mask" and target_mask is None:
@@ -169,7 +177,7 @@ class Reanimator(nn.Module):
                 return self._source_view(src.to(dtype), size, source.to(dtype))
 
         # the networks run under the caller's autocast (bf16 on CUDA), in one call (what DDP wraps)
-        src, tgt, local, sh = self._run_networks[0](source, target, source_view)
+        src, tgt, local, sh = self._run_networks[0](source, target, source_view, source_landmarks, target_landmarks)
         src, tgt = src.to(dtype), tgt.to(dtype)
         with _full_precision(source):  # geometry and rendering in the model's dtype, never bf16
             local, sh = _cast(local, dtype), sh.to(dtype)

@@ -36,9 +36,10 @@ from . import distributed
 from .checkpoint import CHECKPOINT_NAME, check_resumable, head_model_id, load_checkpoint, rng_state, save_checkpoint
 from .checkpoint import set_rng_state
 from .config import PRESETS, TrainConfig
-from .data.dataset import Augment, ClipPairDataset, collate_pairs
+from .data.dataset import Augment, ClipPairDataset, batch_landmarks, collate_pairs
 from .flame import FLAME
 from .losses import reanimation_losses
+from .networks import landmark_code, landmark_input
 from .reanimate import Reanimator
 from .render import resolve_backend
 from .train_log import RunLog, image_grid
@@ -83,6 +84,14 @@ def _split(root: Path, split: str, size: int, augment: Augment | None, seed: int
         if f"split {split!r}" in str(error):
             return None
         raise
+
+
+def fit_landmark_statistics(model: Reanimator, dataset) -> None:
+    """A landmark-input FlameHead's code standardisation from every training frame's annotated landmarks (all
+    parts of a ConcatDataset); set once before the first step, restored from the checkpoint on a resume."""
+    parts = getattr(dataset, "datasets", [dataset])
+    codes = [landmark_code(landmark_input(*part.all_landmarks()), part.size) for part in parts]
+    model.networks["flame_head"].set_landmark_statistics(torch.cat(codes))
 
 
 def make_datasets(config: TrainConfig):
@@ -145,7 +154,8 @@ def evaluate(model, loader, loss_fn, config: TrainConfig, device: torch.device, 
     for batch in loader:
         batch = _to(batch, device)
         with autocast():
-            r = model(batch["source_image"], batch["target_image"], batch["target_mask"], config.composite)
+            r = model(batch["source_image"], batch["target_image"], batch["target_mask"], config.composite,
+                      **batch_landmarks(batch))
         n = batch["target_image"].shape[0]
         for name, value in loss_fn(r, batch, config.loss).items():
             sums[name] = sums.get(name, 0.0) + float(value) * n
@@ -176,6 +186,8 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, bui
     model = (build or build_model)(config, flame).to(device)
     loss_fn = loss_fn or reanimation_losses
     train_set, val_set = make_datasets(config)
+    if config.model.landmark_input and not resume:
+        fit_landmark_statistics(model, train_set)
     sampler = distributed.EpochSampler(train_set, place, seed=config.seed)
     steps_per_epoch = sampler.num_samples // per_process
     if steps_per_epoch == 0:
@@ -244,7 +256,8 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, bui
             for batch in loader:
                 batch = _to(batch, device)
                 with autocast():
-                    r = trained(batch["source_image"], batch["target_image"], batch["target_mask"], config.composite)
+                    r = trained(batch["source_image"], batch["target_image"], batch["target_mask"], config.composite,
+                                **batch_landmarks(batch))
                 losses = loss_fn(r, batch, config.loss)
                 optimizer.zero_grad(set_to_none=True)
                 losses["total"].backward()

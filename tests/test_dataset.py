@@ -42,6 +42,8 @@ def test_items_are_pairs_from_one_clip_with_the_stored_data(root):
         np.testing.assert_array_equal(item["target_mask"][0].numpy() * 255, clip.masks[t])
         np.testing.assert_array_equal(item["target_landmarks"].numpy(), clip.landmarks[t])
         np.testing.assert_array_equal(item["target_landmarks_visible"].numpy(), clip.landmarks_visible[t])
+        np.testing.assert_array_equal(item["source_landmarks"].numpy(), clip.landmarks[s])
+        np.testing.assert_array_equal(item["source_landmarks_visible"].numpy(), clip.landmarks_visible[s])
         np.testing.assert_array_equal(item["gt_pose"].numpy(), clip.ground_truth["pose"][t])
         np.testing.assert_array_equal(item["gt_shape"].numpy(), clip.ground_truth["shape"])
         assert item["identity"] == clip.meta["identity"] and not item["flipped"]
@@ -133,8 +135,9 @@ def test_flip_moves_image_mask_and_landmarks_together(root):
         inside = lambda item: item["target_mask"][0][item["target_landmarks"][:, 1].long().clamp(0, 47),  # noqa
                                                      item["target_landmarks"][:, 0].long().clamp(0, 47)]
         assert inside(b)[IBUG68_MIRROR].sum() >= inside(a).sum() - 3  # pixel-centre rounding at the border
-        A = b["target_affine"]
-        torch.testing.assert_close(a["target_landmarks"][IBUG68_MIRROR] @ A[:, :2].T + A[:, 2], b["target_landmarks"])
+        for k in ("target", "source"):
+            A = b[f"{k}_affine"]
+            torch.testing.assert_close(a[f"{k}_landmarks"][IBUG68_MIRROR] @ A[:, :2].T + A[:, 2], b[f"{k}_landmarks"])
 
 
 def test_scale_and_shift_jitter_are_consistent(root):
@@ -157,6 +160,12 @@ def test_scale_and_shift_jitter_are_consistent(root):
         moved += float((A - torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])).abs().max()) > 0.5
         out = (b["target_landmarks"] < 0) | (b["target_landmarks"] >= 48)
         assert not b["target_landmarks_visible"][out.any(-1)].any()
+        # the source frame has its own draw: its landmarks follow its own map, which moved its image
+        S, stored = b["source_affine"], torch.from_numpy(load_clip(root / b["clip"]).landmarks[b["source_frame"]])
+        torch.testing.assert_close(b["source_landmarks"], stored.float() @ S[:, :2].T + S[:, 2])
+        assert (S - A).abs().max() > 1e-4
+        out = (b["source_landmarks"] < 0) | (b["source_landmarks"] >= 48)
+        assert not b["source_landmarks_visible"][out.any(-1)].any()
     assert moved >= 8
 
 

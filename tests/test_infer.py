@@ -118,11 +118,13 @@ def test_mesh_and_landmarks_are_the_prediction(run, checkpoint):
     x0, y0, side = p["crop_box"]
     np.testing.assert_allclose(p["landmarks2d_image"], p["landmarks2d"] * side / 64 + [x0, y0], rtol=1e-6)
     crop = torch.from_numpy(np.array(Image.open(folder / "crop.png"))).permute(2, 0, 1)[None].float() / 255
-    again = model.predict(crop)
+    detected = torch.as_tensor(p["detected"], dtype=torch.float32)[None]
+    assert detected.shape == (1, 68, 3) and detected[0, :, 2].sum() > 34  # most points seen in the crop
+    again = model.predict(crop, detected)
     np.testing.assert_allclose(again.shape[0].numpy(), p["shape"], atol=1e-5)
     np.testing.assert_allclose(again.translation[0].numpy(), p["translation"], atol=1e-6)
     np.testing.assert_allclose(again.pose_matrices()[0].numpy(), p["pose_matrices"], atol=1e-6)
-    predicted = predict_crops(model, [np.array(Image.open(folder / "crop.png"))])
+    predicted = predict_crops(model, [np.array(Image.open(folder / "crop.png"))], detected=detected.numpy())
     np.testing.assert_allclose(predicted["landmarks2d"][0].numpy(), p["landmarks2d"], atol=1e-4)
     front, depth = predicted["front"][0], vertices[0, model.flame.faces].mean(1)[:, 2]  # +z: towards the camera
     assert front[model.flame.landmark_faces[30]] and not front[depth.argmin()]  # the nose tip, the back of the head

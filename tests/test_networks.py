@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sheap_lite.gaussians import SurfelLocal, ambient_sh, bind_surfels
-from sheap_lite.networks import (DATA_FRAMING_TRANSLATION, INITIAL_LIGHT, Encoder, FlameHead, GaussianHead,
-                                 ModelConfig)
+from sheap_lite.networks import (DATA_FRAMING_TRANSLATION, INITIAL_LIGHT, LANDMARK_CODE_DIM, Encoder, FlameHead,
+                                 GaussianHead, ModelConfig, landmark_code, landmark_input)
 from sheap_lite.surfel_field import SurfelField
 
 
@@ -146,3 +146,52 @@ def test_face_normals_and_to_vertices():
     # vertex 0 is on faces 0,1,2 (surfels 0,1,2,3); vertex 1 on 0,1,3 (0,1,4); vertex 2 on 0,2,3 (0,2,3,4);
     # vertex 3 on 1,2,3 (1,2,3,4)
     torch.testing.assert_close(per_vertex, torch.tensor([6 / 4, 5 / 3, 9 / 4, 10 / 4]))
+
+
+def _landmarks(batch: int, seed: int = 0) -> torch.Tensor:
+    """(B,68,3) random landmark inputs in a 64² image: points around the centre, ~10% not visible."""
+    g = torch.Generator().manual_seed(seed)
+    points = 32 + 10 * torch.randn(batch, 68, 2, generator=g)
+    visible = torch.rand(batch, 68, generator=g) > 0.1
+    return landmark_input(points, visible)
+
+
+def test_landmark_code_separates_placement_from_shape():
+    lm = _landmarks(3)
+    code = landmark_code(lm, 64)
+    assert code.shape == (3, LANDMARK_CODE_DIM)
+    visible = lm[..., 2:]
+    centre = (lm[..., :2] * visible).sum(1) / visible.sum(1)
+    torch.testing.assert_close(code[:, -3:-1], centre / 64 * 2 - 1)  # the centroid of the visible points
+    # a scaled, shifted copy of the same face: the same shape part, a moved centroid and a doubled size
+    moved = lm.clone()
+    moved[..., :2] = lm[..., :2] * 2.0 + torch.tensor([5.0, -3.0])
+    other = landmark_code(moved, 64)
+    torch.testing.assert_close(other[:, :-3], code[:, :-3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(other[:, -1], 2 * code[:, -1])
+    # points not seen have no say: garbage coordinates behind visible=0 change nothing
+    hidden = lm.clone()
+    hidden[..., :2] = torch.where(visible.bool(), lm[..., :2], torch.full_like(lm[..., :2], 1e4))
+    torch.testing.assert_close(landmark_code(hidden, 64), code)
+    assert landmark_code(torch.zeros(1, 68, 3), 64).abs().sum() == 0  # nothing visible: all zeros
+
+
+def test_flame_head_with_landmarks_reads_them_and_standardises_them():
+    torch.manual_seed(0)
+    head = FlameHead(32, n_shape=10, n_expression=7, landmark_input=True)
+    with pytest.raises(ValueError, match="landmark"):
+        head(torch.randn(2, 32))
+    codes = landmark_code(_landmarks(64, seed=1), 64)
+    head.set_landmark_statistics(codes)
+    standard = (codes - head.code_mean) / head.code_std
+    varied = codes.std(0) > 1e-3
+    torch.testing.assert_close(standard.mean(0), torch.zeros(LANDMARK_CODE_DIM), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standard.std(0)[varied], torch.ones(int(varied.sum())), atol=1e-4, rtol=0)
+    features = torch.randn(1, 32).expand(2, -1)
+    p = head(features, codes[:2])  # the same image features, two faces' landmarks: two predictions
+    assert (p.shape[0] - p.shape[1]).abs().max() > 1e-5
+    p.shape.sum().backward()
+    assert head.hidden[0].weight.grad[:, 32:].abs().sum() > 0  # the landmark inputs get gradients
+    assert {"code_mean", "code_std"} <= set(head.state_dict())  # saved with the model
+    with pytest.raises(ValueError, match="built without"):
+        FlameHead(32, 10, 7).set_landmark_statistics(codes)

@@ -89,7 +89,8 @@ def now_root(tmp_path_factory, ci_checkpoint, landmarker, astronaut):
     photo = NowImage(base / "iphone_pictures/S1/multiview_neutral/IMG_0001.jpg", "S1", "multiview_neutral", "x",
                      base / "detected_face/S1/multiview_neutral/IMG_0001.npy")
     crop = crop_now_image(photo, 64, landmarker)
-    predicted = model.predict(torch.from_numpy(crop.image).permute(2, 0, 1)[None].float() / 255).shape[0]
+    detected = torch.from_numpy(np.concatenate([crop.landmarks, crop.visible[:, None]], -1)[None]).float()
+    predicted = model.predict(torch.from_numpy(crop.image).permute(2, 0, 1)[None].float() / 255, detected).shape[0]
     add_subject(base, model.flame, "S1", predicted)
     add_subject(base, model.flame, "S2", torch.linspace(-1.5, 1.5, model.flame.n_shape))
     add_subject(base, model.flame, "S3", torch.zeros(model.flame.n_shape))  # the mean head
@@ -143,7 +144,7 @@ def test_another_identity_measures_what_the_metric_gives(now_root, ci_checkpoint
     flame = ci_checkpoint[1].flame
     shape = torch.zeros(1, flame.n_shape)
 
-    def mean_head(images):
+    def mean_head(images, landmarks):
         zeros = lambda *s: images.new_zeros(len(images), *s)  # noqa: E731
         return FlameParams(shape=zeros(flame.n_shape), expression=zeros(flame.n_expression), pose=zeros(5, 3),
                            eyelids=None, translation=zeros(3))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from sheap_lite.data.dataset import ClipPairDataset
+from sheap_lite.data.dataset import ClipPairDataset, batch_landmarks
 from sheap_lite.data.synthetic import SyntheticConfig, generate_dataset
 from sheap_lite.flame import FLAME
 from sheap_lite.networks import ModelConfig
@@ -117,14 +117,25 @@ def test_composites(flame, batch, one_thread):
         Reanimator(ModelConfig(image_size=SIZE), flame, renderer="nerf")
 
 
-def test_predict_matches_the_target_branch(flame, batch, one_thread):
-    model = _model(flame)
-    params = model.predict(batch["target_image"])
+@pytest.mark.parametrize("with_landmarks", [False, True])
+def test_predict_matches_the_target_branch(flame, batch, one_thread, with_landmarks):
+    model = _model(flame, landmark_input=with_landmarks)
+    inputs = batch_landmarks(batch)
+    if with_landmarks:
+        with pytest.raises(ValueError, match="landmark"):
+            model.predict(batch["target_image"])
+        with pytest.raises(ValueError, match="landmark"):
+            _step(model, batch)
+    params = model.predict(batch["target_image"], inputs["target_landmarks"] if with_landmarks else None)
     with torch.no_grad():
-        r = _step(model, batch)
+        r = _step(model, batch, **inputs)
     assert params.pose.shape == (2, 5, 3, 3) and not params.shape.requires_grad
     torch.testing.assert_close(params.translation, r.target.translation, atol=1e-5, rtol=0)
     torch.testing.assert_close(params.expression, r.target.expression, atol=1e-5, rtol=0)
+    torch.testing.assert_close(params.shape, r.target.shape, atol=1e-6, rtol=0)
+    if with_landmarks:  # the identity (from the source frame) read that frame's own landmarks
+        source = model.predict(batch["source_image"], inputs["source_landmarks"])
+        torch.testing.assert_close(source.shape, r.source.shape, atol=1e-6, rtol=0)
 
 
 def test_flame_stays_out_of_parameters_and_state_dict(flame):

@@ -52,7 +52,7 @@ class StandIn(nn.Module):
         self._run = (wrap(self.networks),)
         return self._run[0]
 
-    def forward(self, source, target, target_mask=None, composite="target"):
+    def forward(self, source, target, target_mask=None, composite="target", source_landmarks=None, target_landmarks=None):
         time.sleep(self.sleep)
         image = torch.sigmoid(self._run[0](torch.cat([source, target], 1)) + self.constant[:, None, None])
         return SimpleNamespace(image=image)

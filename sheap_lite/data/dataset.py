@@ -7,9 +7,11 @@ Synthetic and real clips share one format (`clip_format`), so this reads both.
 
 An item (a dict, channel-first float32 images in [0,1], S the clip size):
     source_image (3,S,S), target_image (3,S,S), target_mask (1,S,S) in {0,1},
-    target_landmarks (68,2) pixels, target_landmarks_visible (68,) bool,
+    target_landmarks (68,2) pixels, target_landmarks_visible (68,) bool, source_landmarks,
+    source_landmarks_visible (the same for the source frame, as augmented; `batch_landmarks` makes the networks'
+    landmark inputs of a batch),
     clip (str, the folder name), clip_index, identity (str), source_frame, target_frame (int),
-    flipped (bool), target_affine (2,3): augmented pixel = A @ [x, y, 1] of the stored frame,
+    flipped (bool), target_affine, source_affine (2,3): augmented pixel = A @ [x, y, 1] of the stored frame,
     and, for clips that carry ground truth, gt_<key> of the TARGET frame as augmented: shape, expression, pose,
     eyelids, translation, sh, viewmat, K.
 
@@ -43,9 +45,10 @@ from torch.utils.data import Dataset, default_collate
 
 from .clip_format import (DAMAGED_CLIP_ADVICE, PER_FRAME_GROUND_TRUTH, ClipFormatError, list_clips, load_clip,
                           read_annotations, read_meta)
+from ..networks import landmark_input
 from .synthetic import SPLITS, split_of
 
-__all__ = ["ClipPairDataset", "Augment", "IBUG68_MIRROR", "mirror_landmarks", "collate_pairs"]
+__all__ = ["ClipPairDataset", "Augment", "IBUG68_MIRROR", "mirror_landmarks", "collate_pairs", "batch_landmarks"]
 
 GT_KEYS = ("shape", "expression", "pose", "eyelids", "translation", "sh", "viewmat", "K")
 
@@ -205,6 +208,12 @@ class ClipPairDataset(Dataset):
     def identities(self) -> list[str]:
         return sorted({m.get("identity", "") for m in self.metas})
 
+    def all_landmarks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every frame's annotated landmarks, not augmented: (points (M,68,2) px, visible (M,68) bool), M frames."""
+        arrays = [read_annotations(path, meta) for path, meta in zip(self.clips, self.metas)]
+        return (torch.from_numpy(np.concatenate([a["landmarks"] for a in arrays])).float(),
+                torch.from_numpy(np.concatenate([a["landmarks_visible"] for a in arrays])).bool())
+
     def __getitem__(self, index: int) -> dict:
         if not -len(self) <= index < len(self):
             raise IndexError(f"ClipPairDataset index {index} out of range for {len(self)} items")
@@ -216,29 +225,31 @@ class ClipPairDataset(Dataset):
         clip = load_clip(self.clips[c], frames=[source, target])  # PNG faults: ClipFormatError naming the file
         images = torch.from_numpy(clip.frames.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255))  # (2,3,S,S)
         mask = torch.from_numpy(clip.masks[1][None].astype(np.float32) / np.float32(255))
-        landmarks = torch.from_numpy(clip.landmarks[1]).float()
-        visible = torch.from_numpy(clip.landmarks_visible[1]).bool()
-        aug, flipped, A = self.augment, False, np.array([[1.0, 0, 0], [0, 1.0, 0]])
+        landmarks = torch.from_numpy(clip.landmarks).float()  # (2,68,2): source, target
+        visible = torch.from_numpy(clip.landmarks_visible).bool()
+        aug, flipped, A = self.augment, False, [np.array([[1.0, 0, 0], [0, 1.0, 0]])] * 2  # source, target
         if aug.colour > 0:
             images = _colour_jitter(images, rng, aug.colour)
         if aug.flip > 0 and rng.uniform() < aug.flip:
             flipped = True
             images, mask = images.flip(-1), mask.flip(-1)
             landmarks, visible = mirror_landmarks(landmarks, visible, self.size)
-            A = np.array([[-1.0, 0, self.size], [0, 1.0, 0]])
+            A = [np.array([[-1.0, 0, self.size], [0, 1.0, 0]])] * 2
         if aug.scale > 0 or aug.shift > 0:
             warps = [_affine(rng, self.size, aug.scale, aug.shift) for _ in range(2)]
             images = torch.stack([_warp(images[k], warps[k], "border") for k in range(2)])
             mask = (_warp(mask, warps[1], "zeros") > 0.5).float()
-            landmarks = landmarks @ torch.as_tensor(warps[1][:, :2].T, dtype=torch.float32) + torch.as_tensor(
-                warps[1][:, 2], dtype=torch.float32)
+            landmarks = torch.stack([landmarks[k] @ torch.as_tensor(warps[k][:, :2].T, dtype=torch.float32)
+                                     + torch.as_tensor(warps[k][:, 2], dtype=torch.float32) for k in range(2)])
             inside = ((landmarks >= 0) & (landmarks < self.size)).all(-1)
             visible = visible & inside
-            A = warps[1] @ np.vstack([A, [0, 0, 1]])
+            A = [warps[k] @ np.vstack([A[k], [0, 0, 1]]) for k in range(2)]
         item = dict(source_image=images[0], target_image=images[1], target_mask=mask,
-                    target_landmarks=landmarks, target_landmarks_visible=visible, clip=self.clips[c].name,
+                    target_landmarks=landmarks[1], target_landmarks_visible=visible[1],
+                    source_landmarks=landmarks[0], source_landmarks_visible=visible[0], clip=self.clips[c].name,
                     clip_index=c, identity=str(self.metas[c].get("identity", "")), source_frame=source,
-                    target_frame=target, flipped=flipped, target_affine=torch.as_tensor(A, dtype=torch.float32))
+                    target_frame=target, flipped=flipped, target_affine=torch.as_tensor(A[1], dtype=torch.float32),
+                    source_affine=torch.as_tensor(A[0], dtype=torch.float32))
         if self.with_ground_truth and not flipped:
             dropped = ("sh",) if aug.colour > 0 else ()
             for key in GT_KEYS:
@@ -246,9 +257,16 @@ class ClipPairDataset(Dataset):
                     value = clip.ground_truth[key]
                     value = value[1] if key in PER_FRAME_GROUND_TRUTH else value  # load_clip returned [source, target]
                     if key == "K":  # the warp's pixel map applied to the camera: K' = [A; 0 0 1] K
-                        value = np.vstack([A, [0.0, 0.0, 1.0]]) @ np.asarray(value, dtype=np.float64)
+                        value = np.vstack([A[1], [0.0, 0.0, 1.0]]) @ np.asarray(value, dtype=np.float64)
                     item[f"gt_{key}"] = torch.from_numpy(np.ascontiguousarray(value)).float()
         return item
+
+
+def batch_landmarks(batch: dict) -> dict[str, torch.Tensor]:
+    """The networks' landmark inputs of a collated batch: {"source_landmarks", "target_landmarks"} (B,68,3)
+    (`networks.landmark_input`), to pass as `Reanimator(..., **batch_landmarks(batch))`."""
+    return {f"{k}_landmarks": landmark_input(batch[f"{k}_landmarks"], batch[f"{k}_landmarks_visible"])
+            for k in ("source", "target")}
 
 
 def collate_pairs(items: list[dict]) -> dict:
