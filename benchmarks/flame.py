@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # pinned, not sheap_lite.threads: --baseline checkouts predate it
         print(json.dumps(measure(args.child, args.batch, args.repeats)))
         return
     try:
