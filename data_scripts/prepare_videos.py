@@ -48,7 +48,6 @@ from sheap_lite.data.clip_format import is_complete  # noqa: E402
 from sheap_lite.data.clips import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ClipReport, prepare_clip  # noqa: E402
 from sheap_lite.data.jobs import (RESUME_HINT, SettingsMismatch, claim_settings, non_negative_int,  # noqa: E402
                                   positive_int, run_jobs)
-from sheap_lite.threads import worker_init  # noqa: E402
 
 SETTINGS = ("size", "stride", "max_frames", "detect_every", "crop_scale")  # what shapes a clip: recorded, compared
 SETTINGS_FILE = "prepare_settings.json"
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(sources)} sources under {args.input_dir}: {len(reports)} already complete, {len(jobs)} to prepare")
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), unit="clip", dynamic_ncols=True)
-    outcome = run_jobs(_work, jobs, args.workers, initializer=worker_init, on_result=lambda *_: bar.update())
+    outcome = run_jobs(_work, jobs, args.workers, on_result=lambda *_: bar.update())
     bar.close()
     reports += outcome.results.values()
     reports += [ClipReport(source=jobs[k]["rel"], clip=jobs[k]["out"], status="error", message=message).to_dict()

@@ -233,8 +233,8 @@ class FLAME(nn.Module):
         coefficients = torch.cat([betas, psi, lids], dim=1)  # (B, S+E+2)
         rest_joints = torch.addmm(self.joint_template, coefficients, self.joint_basis).view(batch, n_joints, 3)
         n_vertices = self.v_template.shape[0]
-        v_posed = torch.addmm(self.template_planar, torch.cat([coefficients, pose_feature], dim=1),
-                              self.blend_basis).view(batch, 3, 1, n_vertices)  # (B, xyz, 1, V)
+        v_posed = torch.cat([coefficients, pose_feature], dim=1) @ self.blend_basis  # (B, 3*V)
+        v_posed = (v_posed + self.template_planar).view(batch, 3, 1, n_vertices)  # (B, xyz, 1, V)
 
         skinning, posed_joints = self._skinning_transforms(rotations, rest_joints)  # (B, J, 4, 3), (B, J, 3)
         # Linear blend skinning: the weighted transform of every vertex in one matmul, (B, 4·3, J) @ (J, V) ...
