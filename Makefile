@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 PYTEST_OK = rc=$$?; if [ $$rc -eq 5 ]; then echo "(no tests collected: ok)"; rc=0; fi; exit $$rc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab doctor strip clean
+.PHONY: help setup demo test test-full lab doctor strip clean
 
 help:
 	@echo "sheap_lite make targets:"
 	@echo "  make setup   create .venv and install the pinned requirements (only reruns when they change)"
 	@echo "  make demo    run the end-to-end demo (python -m sheap_lite.demo)"
-	@echo "  make test    run the unit tests, then execute every notebook with nbval"
+	@echo "  make test    what CI runs: unit tests without the slow ones, then every notebook at CI sizes (SHEAP_LITE_CI=1)"
+	@echo "  make test-full  every unit test (slow ones too), then every notebook at full size"
 	@echo "  make lab     open JupyterLab on notebooks/"
 	@echo "  make doctor  report what is installed and found (CUDA, gsplat, FLAME file, ...) and how to fix it"
 	@echo "  make strip   remove outputs and execution counts from notebooks/*.ipynb (nbstripout)"
@@ -39,12 +40,22 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m sheap_lite.demo
 
-test: setup
-	@echo "$(PY) -m pytest tests $(PYTEST_ARGS)"; $(PY) -m pytest tests $(PYTEST_ARGS); $(PYTEST_OK)
+# One recipe, two sizes: $(1) = environment for pytest and the notebooks, $(2) = extra pytest arguments.
+define run_tests
+	@echo "$(1) $(PY) -m pytest tests $(2) $(PYTEST_ARGS)"; $(1) $(PY) -m pytest tests $(2) $(PYTEST_ARGS); $(PYTEST_OK)
 	@if [ -d notebooks ]; then \
-		echo "$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/"; \
-		$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/; $(PYTEST_OK); \
+		echo "$(1) $(PY) -m pytest --nbval-lax --nbval-current-env notebooks/"; \
+		$(1) $(PY) -m pytest --nbval-lax --nbval-current-env notebooks/; $(PYTEST_OK); \
 	else echo "no notebooks/ folder: nothing to execute"; fi
+endef
+
+# CI sizes, `slow` tests left out: what .ci/run runs.
+test: setup
+	$(call run_tests,SHEAP_LITE_CI=1,-m 'not slow')
+
+# Everything: slow tests too, notebooks at full size (SHEAP_LITE_CI removed even if set outside).
+test-full: setup
+	$(call run_tests,env -u SHEAP_LITE_CI,)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

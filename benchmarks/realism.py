@@ -135,8 +135,9 @@ def render_frames(n: int, size: int = 224, seed: int = 0, supersample: int = 2, 
     from sheap_lite.data.synthetic_camera import background_image, camera_effects
     from sheap_lite.data.synthetic_look import sample_appearance, sample_lights, shade_frame
     from sheap_lite.flame import FLAME
+    from sheap_lite.threads import use_threads
 
-    torch.set_num_threads(1)
+    use_threads(1)  # comparable timings on a shared machine
     flame = FLAME.builtin() if flame is None else flame
     parts = {"frames": [], "landmarks": [], "visible": [], "yaw": []}
     for i in range(n):

@@ -62,7 +62,7 @@ class TrainConfig:
     the target image ("target" | "mask" | "mesh" | "none", see reanimate.py); backend: render_2dgs's backend
     ("auto": gsplat on CUDA); tile_size: the torch rasteriser's tile side (4: 1.5-2x faster per step than 16 at 64²,
     measured on the ci preset; DESIGN.md: 2.2-5.2x on renders alone); device: "auto" | "cpu" | "cuda"; amp: bf16 autocast (used on CUDA only); threads / workers: torch
-    intra-op threads per process and DataLoader workers (None = decided by `train.threads_and_workers`);
+    intra-op threads per process and DataLoader workers (None = decided by `threads.threads_and_workers`);
     eval_batches: held-out batches per evaluation; image_every: TensorBoard image grids (0 = never);
     flame_path: None = `FLAME.load()`'s choice."""
 

@@ -24,9 +24,27 @@ import torch
 from torch import nn
 
 from .flame_data import FLAME_PARENTS, FlameModelData, JOINT_NAMES
-from .geometry import axis_angle_to_matrix, barycentric_interpolate
+from .geometry import axis_angle_to_matrix, barycentric_gather
 
 FLAME_PATH_ENV = "SHEAP_FLAME_PATH"
+
+
+def _tree_levels(parents: tuple[int, ...]) -> list[tuple[int, int, list[int]]]:
+    """Joints 1.. grouped by tree depth as (start, stop, parent of each): FLAME's tree is [(1, 2, [0]),
+    (2, 5, [1, 1, 1])]. Needs each depth's joints to be consecutive and after their parents."""
+    depth = [0]
+    for joint in range(1, len(parents)):
+        depth.append(depth[parents[joint]] + 1)
+    levels = []
+    for level in range(1, max(depth) + 1):
+        joints = [j for j, d in enumerate(depth) if d == level]
+        if joints != list(range(joints[0], joints[-1] + 1)) or max(parents[j] for j in joints) >= joints[0]:
+            raise ValueError(f"kinematic tree {parents}: joints of depth {level} are not consecutive")
+        levels.append((joints[0], joints[-1] + 1, [parents[j] for j in joints]))
+    return levels
+
+
+_TREE_LEVELS = _tree_levels(FLAME_PARENTS)  # validated by FlameModelData: a constant, no device sync per call
 
 
 class FlameOutput(NamedTuple):
@@ -101,21 +119,45 @@ class FLAME(nn.Module):
         self.check_finite = check_finite
         self.name = data.name
         self.expression_names = data.expression_names
+        V, J = data.n_vertices, len(JOINT_NAMES)
+        eyelid_dirs = data.eyelid_dirs if data.eyelid_dirs is not None else data.v_template.new_zeros(V, 3, 2)
+        blendshapes = [dirs.double() for dirs in (data.shapedirs, data.exprdirs, eyelid_dirs, data.posedirs)]
+        # One basis for every linear term: rows are [shape | expression | eyelids | pose features], each a
+        # displacement of all vertices laid out coordinate-major (x of every vertex, then y, then z), so the posed
+        # rest mesh is one matmul and skinning runs on contiguous rows. shapedirs/exprdirs/eyelid_dirs/posedirs
+        # are views into it with the container's shapes (no second copy).
+        basis = torch.cat([dirs.permute(2, 1, 0).reshape(dirs.shape[2], 3 * V) for dirs in blendshapes])
+        n_linear = data.n_shape + data.n_expression + 2
+        # Joints are linear in the coefficients too: J = 𝒥·T + Σ_k (𝒥·dirs_k) c_k, so regress the basis once here.
+        j_regressor = data.j_regressor.double()
+        joint_basis = torch.einsum("jv,kcv->kjc", j_regressor, basis[:n_linear].reshape(n_linear, 3, V))
         arrays = {
             "v_template": data.v_template,
-            "shapedirs": data.shapedirs,
-            "exprdirs": data.exprdirs,
-            "posedirs": data.posedirs.reshape(data.n_vertices * 3, -1).T.contiguous(),  # (36, V*3)
+            "template_planar": data.v_template.T.reshape(3 * V),  # (3*V,) coordinate-major
+            "blend_basis": basis,  # (S+E+2+36, 3*V)
+            "joint_template": (j_regressor @ data.v_template.double()).reshape(J * 3),
+            "joint_basis": joint_basis.reshape(n_linear, J * 3),  # (S+E+2, J*3)
             "j_regressor": data.j_regressor,
             "lbs_weights": data.lbs_weights,
             "landmark_bary": data.landmark_bary,
-            "eyelid_dirs": data.eyelid_dirs if data.eyelid_dirs is not None else data.v_template.new_zeros(
-                data.n_vertices, 3, 2),
         }
         for key, value in arrays.items():
             self.register_buffer(key, value.to(dtype), persistent=False)
         self.register_buffer("faces", data.faces.long(), persistent=False)
         self.register_buffer("landmark_faces", data.landmark_faces.long(), persistent=False)
+        # Vertex indices of each landmark's corners (L, 3): FlameModelData validated them once.
+        self.register_buffer("landmark_corners", data.faces.long()[data.landmark_faces.long()], persistent=False)
+        self.register_buffer("identity", torch.eye(3, dtype=dtype), persistent=False)
+        self._n_linear = n_linear
+
+    # Views into blend_basis with the container's shapes (they follow the module across .to()).
+    shapedirs = property(lambda self: self._dirs(0, self.n_shape))  # (V, 3, S)
+    exprdirs = property(lambda self: self._dirs(self.n_shape, self.n_expression))  # (V, 3, E)
+    eyelid_dirs = property(lambda self: self._dirs(self._n_linear - 2, 2))  # (V, 3, 2)
+    posedirs = property(lambda self: self._dirs(self._n_linear, self.blend_basis.shape[0] - self._n_linear))  # (V,3,36)
+
+    def _dirs(self, start: int, count: int) -> torch.Tensor:
+        return self.blend_basis[start:start + count].reshape(count, 3, -1).permute(2, 1, 0)
 
     # ---- constructors -------------------------------------------------------------------------------------------
     @classmethod
@@ -186,40 +228,37 @@ class FLAME(nn.Module):
             for name, value in given.items():
                 _require_finite(name, value)
 
-        v_shaped = (self.v_template + torch.einsum("vcs,bs->bvc", self.shapedirs, betas)
-                    + torch.einsum("vce,be->bvc", self.exprdirs, psi)
-                    + torch.einsum("vck,bk->bvc", self.eyelid_dirs, lids))
-        rest_joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v_shaped)
-
         rotations = pose.to(like) if as_matrices else axis_angle_to_matrix(pose.to(like))  # (B, 5, 3, 3)
-        eye = torch.eye(3, dtype=like.dtype, device=like.device)
-        pose_feature = (rotations[:, 1:] - eye).reshape(batch, self.posedirs.shape[0])  # (B, 36)
-        v_posed = v_shaped + (pose_feature @ self.posedirs).reshape(v_shaped.shape)
+        pose_feature = (rotations[:, 1:] - self.identity).reshape(batch, 9 * (n_joints - 1))  # (B, 36)
+        coefficients = torch.cat([betas, psi, lids], dim=1)  # (B, S+E+2)
+        rest_joints = torch.addmm(self.joint_template, coefficients, self.joint_basis).view(batch, n_joints, 3)
+        n_vertices = self.v_template.shape[0]
+        v_posed = torch.cat([coefficients, pose_feature], dim=1) @ self.blend_basis  # (B, 3*V)
+        v_posed = (v_posed + self.template_planar).view(batch, 3, 1, n_vertices)  # (B, xyz, 1, V)
 
-        transforms = self._chain_transforms(rotations, rest_joints)  # (B, 5, 4, 4)
-        posed_joints = transforms[..., :3, 3]
-        # G_j maps rest positions to posed ones: subtract the rest joint inside the transform.
-        offset = posed_joints - torch.einsum("bjcd,bjd->bjc", transforms[..., :3, :3], rest_joints)
-        blend_rot = torch.einsum("vj,bjcd->bvcd", self.lbs_weights, transforms[..., :3, :3])
-        blend_off = torch.einsum("vj,bjc->bvc", self.lbs_weights, offset)
-        vertices = torch.einsum("bvcd,bvd->bvc", blend_rot, v_posed) + blend_off
-
+        skinning, posed_joints = self._skinning_transforms(rotations, rest_joints)  # (B, J, 4, 3), (B, J, 3)
+        # Linear blend skinning: the weighted transform of every vertex in one matmul, (B, 4·3, J) @ (J, V) ...
+        blended = skinning.permute(0, 2, 3, 1).reshape(batch * 12, n_joints) @ self.lbs_weights.T
+        blended = blended.view(batch, 4, 3, n_vertices)
+        # ... applied as offset + x·row0 + y·row1 + z·row2, each a contiguous (B, 3, V) block.
+        vertices = torch.addcmul(blended[:, 3], blended[:, 0], v_posed[:, 0])
+        vertices = vertices.addcmul_(blended[:, 1], v_posed[:, 1]).addcmul_(blended[:, 2], v_posed[:, 2])
         if translation is not None:
-            shift = translation.to(like)[:, None, :]
-            vertices, posed_joints = vertices + shift, posed_joints + shift
-        landmarks = barycentric_interpolate(vertices, self.faces, self.landmark_faces, self.landmark_bary)
+            shift = translation.to(like)
+            vertices, posed_joints = vertices + shift[:, :, None], posed_joints + shift[:, None, :]
+        vertices = vertices.transpose(1, 2).contiguous()  # (B, V, 3)
+        landmarks = barycentric_gather(vertices, self.landmark_corners, self.landmark_bary)
         return FlameOutput(vertices=vertices, landmarks=landmarks, joints=posed_joints)
 
-    def _chain_transforms(self, rotations: torch.Tensor, rest_joints: torch.Tensor) -> torch.Tensor:
-        """World transforms (B,J,4,4) of each joint: rotate about the joint, composed down the kinematic tree."""
-        batch, n_joints = rotations.shape[:2]
-        parents = FLAME_PARENTS  # validated by FlameModelData; a constant avoids a device sync per call
-        local_t = rest_joints.clone()
-        local_t[:, 1:] = rest_joints[:, 1:] - rest_joints[:, parents[1:]]
-        local = torch.cat([rotations, local_t[..., None]], dim=-1)  # (B, J, 3, 4)
-        bottom = rotations.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(batch, n_joints, 1, 4)
-        local = torch.cat([local, bottom], dim=-2)
-        chain = [local[:, 0]]
-        for j in range(1, n_joints):
-            chain.append(chain[parents[j]] @ local[:, j])
-        return torch.stack(chain, dim=1)
+    @staticmethod
+    def _skinning_transforms(rotations: torch.Tensor, rest_joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G (B,J,4,3), posed joints t (B,J,3)). G_j = [R_jᵀ; o_jᵀ]: the world rotation R_j of joint j composed
+        down the kinematic tree and the offset o_j = t_j − R_j·J_j, so G_j maps a rest point v to R_j·v + o_j."""
+        world_r, world_t = rotations[:, :1], rest_joints[:, :1]
+        for start, stop, parents in _TREE_LEVELS:  # one tree depth at a time: one matmul each
+            parent_r, parent_t = world_r[:, parents], world_t[:, parents]
+            local_t = rest_joints[:, start:stop] - rest_joints[:, parents]
+            world_r = torch.cat([world_r, parent_r @ rotations[:, start:stop]], dim=1)
+            world_t = torch.cat([world_t, (parent_r @ local_t[..., None])[..., 0] + parent_t], dim=1)
+        offset = world_t - (world_r @ rest_joints[..., None])[..., 0]
+        return torch.cat([world_r.transpose(-1, -2), offset[:, :, None]], dim=2), world_t

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 __all__ = [
     "axis_angle_to_matrix", "matrix_to_axis_angle", "rotation_6d_to_matrix", "matrix_to_rotation_6d",
     "matrix_to_quaternion", "quaternion_to_matrix", "quaternion_multiply", "axis_angle_to_quaternion",
-    "quaternion_to_axis_angle", "triangle_frames", "degenerate_faces", "face_normals", "vertex_normals", "barycentric_interpolate",
+    "quaternion_to_axis_angle", "triangle_frames", "degenerate_faces", "face_normals", "vertex_normals",
+    "barycentric_interpolate", "barycentric_gather",
 ]
 
 
@@ -217,6 +218,11 @@ def barycentric_interpolate(vertices: torch.Tensor, faces: torch.Tensor, face_in
         raise ValueError(f"{fn}: `face_index` must be an integer tensor of shape (L,), got "
                          f"{getattr(face_index, 'shape', type(face_index).__name__)}.")
     _check(bary, "bary", (face_index.shape[0], 3), fn)
-    tri = faces[face_index.long()]  # (L,3)
-    corners = vertices[..., tri, :]  # (...,L,3,C)
-    return (bary.to(vertices.dtype)[..., None] * corners).sum(-2)
+    return barycentric_gather(vertices, faces[face_index.long()], bary)
+
+
+def barycentric_gather(vertices: torch.Tensor, corners: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
+    """`barycentric_interpolate` without its checks, for hot paths whose indices were validated once:
+    vertices (...,V,C), corners (L,3) int64 vertex indices in [0, V), bary (L,3) -> (...,L,C)."""
+    points = vertices.index_select(-2, corners.reshape(-1)).unflatten(-2, corners.shape)  # (...,L,3,C)
+    return (bary.to(vertices.dtype)[..., None] * points).sum(-2)

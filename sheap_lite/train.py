@@ -42,21 +42,10 @@ from .losses import reanimation_losses
 from .networks import landmark_code, landmark_input
 from .reanimate import Reanimator
 from .render import resolve_backend
+from .threads import use_threads, worker_init
 from .train_log import RunLog, image_grid
 
-__all__ = ["train", "main", "threads_and_workers", "lr_factor", "clip_roots", "make_datasets"]
-
-
-def threads_and_workers(config: TrainConfig, place: distributed.Distributed) -> tuple[int, int]:
-    """(torch intra-op threads, DataLoader workers) for this process: the cores this process may use (its share of
-    the machine's among the local processes) go to one loading worker and the rest to torch's threads, so the
-    two never oversubscribe the cores (on 2 cores: 1 worker + 1 thread). `config.threads` / `config.workers`
-    override either."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cores // place.local_world_size)
-    workers = config.workers if config.workers is not None else (1 if share >= 2 else 0)
-    threads = config.threads if config.threads is not None else max(1, share - workers)
-    return int(threads), int(workers)
+__all__ = ["train", "main", "lr_factor", "clip_roots", "make_datasets"]
 
 
 def lr_factor(step: int, warmup: int, steps: int, min_ratio: float) -> float:
@@ -111,10 +100,6 @@ def set_epoch(dataset, epoch: int) -> None:
     """`set_epoch` on every ClipPairDataset inside a ConcatDataset / Subset."""
     for part in getattr(dataset, "datasets", [getattr(dataset, "dataset", dataset)]):
         part.set_epoch(epoch)
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # the loading worker's share is its one core
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -174,8 +159,7 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, bui
         raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose another --out")
     device = _device(config, distributed.from_env())
     place = distributed.init(device.type)
-    threads, workers = threads_and_workers(config, place)
-    torch.set_num_threads(threads)
+    threads, workers = use_threads(config.threads, config.workers, place.local_world_size)
     if config.batch_size % place.world_size:
         raise ValueError(f"batch_size {config.batch_size} (the global batch) must divide among {place.world_size} "
                          "processes")
@@ -195,7 +179,7 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, bui
     # Not persistent: each epoch's workers start from the dataset as set_epoch left it. Own generators: an
     # iterator's seed draw must not move the global random state (a resumed run starts its iterator mid-epoch).
     loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=workers,
-                        collate_fn=collate_pairs, drop_last=True, worker_init_fn=_worker_init,
+                        collate_fn=collate_pairs, drop_last=True, worker_init_fn=worker_init,
                         persistent_workers=False, generator=torch.Generator().manual_seed(config.seed))
     val_loader = None
     if val_set is not None and place.is_main:

@@ -23,10 +23,10 @@ def _np(array) -> np.ndarray:
     return np.asarray(array)
 
 
-def _rgb(colors: np.ndarray) -> list[str]:
-    """(N,3) floats in [0,1] → plotly 'rgb(r,g,b)' strings."""
-    c = np.clip(np.round(_np(colors) * 255), 0, 255).astype(int)
-    return [f"rgb({r},{g},{b})" for r, g, b in c]
+def _rgb(colors: np.ndarray) -> np.ndarray:
+    """(N,3) floats in [0,1] → (N,) plotly '#rrggbb' strings (formatted by numpy, no Python loop per colour)."""
+    c = np.clip(np.round(_np(colors) * 255), 0, 255).astype(np.int64)
+    return np.char.mod("#%06x", (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2])
 
 
 def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

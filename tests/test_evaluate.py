@@ -81,7 +81,8 @@ def test_true_parameters_measure_zero(data, flame):
         return FlameParams.from_batch(batch)
 
     metrics = evaluate_synthetic(oracle, flame, data, progress=False)
-    assert metrics["neutral"]["model"]["mean_mm"] < 1e-6
+    # float32 FLAME at batch 1 (the true neutral) and batch T (the frames): BLAS sums in another order, ~1e-5 mm
+    assert metrics["neutral"]["model"]["mean_mm"] < 1e-4
     assert metrics["expressive"]["model"]["mean_mm"] < 1e-3  # stored float32 meshes vs recomputed ones
     assert metrics["landmarks_2d"]["model"]["mean_px"] < 1e-2
     assert metrics["neutral"]["mean_head"]["mean_mm"] > 0.5 and metrics["expressive"]["mean_head"]["mean_mm"] > 0.5

@@ -23,7 +23,7 @@ from sheap_lite.config import PRESETS
 from sheap_lite.data.clip_format import write_clip
 from sheap_lite.data.dataset import ClipPairDataset, collate_pairs
 from sheap_lite.distributed import Distributed, EpochSampler
-from sheap_lite.train import lr_factor, parse_args, set_epoch, threads_and_workers, train
+from sheap_lite.train import lr_factor, parse_args, set_epoch, train
 from sheap_lite.train_log import read_metrics
 from train_standin import SIZE, make_clips, standin, standin_config, standin_losses
 
@@ -134,13 +134,10 @@ def test_epochs_reach_the_loader_workers(clips):
     assert torch.equal(torch.tensor([data[i]["source_frame"] for i in range(len(data))]), sources[1])
 
 
-def test_schedule_threads_and_cli(tmp_path):
+def test_schedule_and_cli(tmp_path):
     factors = [lr_factor(s, warmup=10, steps=110, min_ratio=0.1) for s in range(111)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[110] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
-    config = dataclasses.replace(PRESETS["ci"], threads=None, workers=None)
-    assert sum(threads_and_workers(config, Distributed())) <= max(2, len(os.sched_getaffinity(0)))
-    assert threads_and_workers(dataclasses.replace(config, threads=3, workers=0), Distributed()) == (3, 0)
     config, out, resume = parse_args(["--preset", "small", "--data", "a", "b", "--out", str(tmp_path), "--resume",
                                       "--steps", "7", "--optim.lr", "0.002", "--model.width", "8"])
     assert (config.steps, config.optim.lr, config.model.width, config.data.roots) == (7, 0.002, 8, ("a", "b"))

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..camera import DEFAULT_FOV_DEG, intrinsics, look_at_viewmat, project_with_depth
+from ..threads import single_thread
 from .crop import CROP_SCALE, RAISE_FRAC, forehead_point
 from .synthetic_camera import BACKGROUNDS
 from .synthetic_frame import back_facing, face_points, landmark_visibility, lights_sh, render_frames
@@ -153,17 +153,6 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=tuple(key))))
 
 
-@contextmanager
-def _single_thread():
-    """Run torch single-threaded (reductions then do not depend on the core count: identical bytes anywhere)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def generate_clip(flame, config: SyntheticConfig, clip_index: int) -> dict:
     """Make clip `clip_index` in memory: dict(frames (T,S,S,3) uint8, masks (T,S,S) uint8, landmarks (T,68,2),
     landmarks_visible (T,68), ground_truth {shape, expression, pose, eyelids, translation, viewmat, K, sh (, vertices (T,V,3) and faces (F,3) for benchmark clips)}, meta). Deterministic in
@@ -181,7 +170,7 @@ def generate_clip(flame, config: SyntheticConfig, clip_index: int) -> dict:
     identity_index, identity = identity_of(config, clip_index)
     t = np.linspace(0.0, 1.0, config.frames)
     factor, size = config.supersample, config.size
-    with _single_thread(), torch.no_grad():
+    with single_thread(), torch.no_grad():
         # identity: shape and appearance, shared by every clip of this identity
         id_rng = _rng(config.seed, *_identity_key(config, identity_index))
         shape = np.zeros(flame.n_shape)

@@ -290,13 +290,12 @@ def joint_transforms(flame, shape: torch.Tensor, expression: torch.Tensor, pose:
     """The head's linear-blend-skinning transforms, exactly as `FLAME.forward` builds them: (rotation (T,5,3,3),
     offset (T,5,3)) with posed = R·rest + offset per joint. shape (T,S), expression (T,E), pose (T,5,3),
     eyelids (T,2)."""
-    shaped = (flame.v_template + torch.einsum("vcs,bs->bvc", flame.shapedirs[..., :shape.shape[1]], shape)
-              + torch.einsum("vce,be->bvc", flame.exprdirs[..., :expression.shape[1]], expression)
-              + torch.einsum("vck,bk->bvc", flame.eyelid_dirs, eyelids))
-    rest_joints = torch.einsum("jv,bvc->bjc", flame.j_regressor, shaped)
-    transforms = flame._chain_transforms(axis_angle_to_matrix(pose), rest_joints)
-    rotation = transforms[..., :3, :3]
-    return rotation, transforms[..., :3, 3] - torch.einsum("bjcd,bjd->bjc", rotation, rest_joints)
+    zeros = lambda n: shape.new_zeros(shape.shape[0], n)  # noqa: E731  (trailing coefficients count as zero)
+    coefficients = torch.cat([shape, zeros(flame.n_shape - shape.shape[1]), expression,
+                              zeros(flame.n_expression - expression.shape[1]), eyelids], dim=1)
+    rest_joints = torch.addmm(flame.joint_template, coefficients.to(flame.joint_basis), flame.joint_basis)
+    transforms, _ = flame._skinning_transforms(axis_angle_to_matrix(pose), rest_joints.view(-1, 5, 3))
+    return transforms[:, :, :3].transpose(-1, -2), transforms[:, :, 3]  # G_j = [R_jᵀ; o_jᵀ]
 
 
 def pose_scene(objects: list[SceneMesh], rotation: torch.Tensor, offset: torch.Tensor,

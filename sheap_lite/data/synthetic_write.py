@@ -15,8 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+from ..threads import available_cores, worker_init
 from .clip_format import is_complete, write_clip
 from .jobs import (RESUME_HINT, IncompleteRun, SettingsMismatch, claim_settings, non_negative_int, positive_int,
                    run_jobs)
@@ -38,7 +37,7 @@ def _load_flame(flame_path: str | None):
 
 
 def _init_worker(flame_path: str | None) -> None:
-    torch.set_num_threads(1)
+    worker_init()
     _load_flame(flame_path)
 
 
@@ -89,7 +88,7 @@ def generate_dataset(out: str | os.PathLike, config: SyntheticConfig, workers: i
     from ..flame import resolve_flame_path
 
     start = time.perf_counter()
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    workers = available_cores() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
