@@ -160,7 +160,8 @@ void forward(const T* features, const int64_t* offsets, const int64_t* surfels, 
 template <typename T>
 struct Composited {  // one composited pair of a pixel, as the backward pass needs it
   int64_t surfel;
-  T alpha, before, prior;  // α, T before the pair, Σ w·z of the pairs in front
+  Pair<T> q;
+  T before, prior;  // T before the pair, Σ w·z of the pairs in front
 };
 
 // ∂L/∂features of one pixel's composited pairs (front to back in `list`, T_final after them) into gf_all.
@@ -173,12 +174,12 @@ void backward_pixel(const T* features, int64_t nf, int64_t channels, const std::
   const T* g_rgb = grad.rgb + i * channels;
   const T* g_normal = grad.normal + i * 3;
   T behind_w = 0, behind_wz = 0, behind_gw = grad.transmittance[i] * t_final;  // B_i, Q_i, Σ_{j>i} G_j w_j + g_T·T
-  Pair<T> q;
   for (int64_t j = static_cast<int64_t>(list.size()) - 1; j >= 0; --j) {
     const Composited<T>& e = list[j];
+    const Pair<T>& q = e.q;
     const T* f = features + e.surfel * nf;
     T* gf = gf_all + e.surfel * nf;
-    const T w = e.alpha * e.before, z = f[12], spread = (T(1) - e.before) - behind_w;  // A_i − B_i
+    const T w = q.alpha * e.before, z = f[12], spread = (T(1) - e.before) - behind_w;  // A_i − B_i
     T g_w = g_depth * z + g_dist2 * (z * spread - e.prior + behind_wz);
     for (int64_t c = 0; c < channels; ++c) {
       g_w += g_rgb[c] * f[kFeatures + c];
@@ -189,11 +190,10 @@ void backward_pixel(const T* features, int64_t nf, int64_t channels, const std::
       gf[13 + c] += w * g_normal[c];
     }
     gf[12] += w * (g_depth + g_dist2 * spread) + (j == median ? grad.median[i] : T(0));
-    const T g_alpha = g_w * e.before - behind_gw / (T(1) - e.alpha);
+    const T g_alpha = g_w * e.before - behind_gw / (T(1) - q.alpha);
     behind_gw += g_w * w;
     behind_w += w;
     behind_wz += w * z;
-    evaluate(f, px, py, q);
     if (q.raw > T(kAlphaMax)) continue;  // α clamped: no gradient through it
     gf[11] += g_alpha * q.falloff;
     const T g_rho = T(-0.5) * g_alpha * q.raw;  // for the smaller ρ; half each on a tie (as torch.minimum)
@@ -229,7 +229,7 @@ void backward(const T* features, const int64_t* offsets, const int64_t* surfels,
     for (size_t p = 0; p < tp.index.size(); ++p) list[p].clear();
     sweep(features, nf, surfels + offsets[tile], surfels + offsets[tile + 1], tp,
           [&](int64_t p, const T* f, int64_t surfel, const Pair<T>& q, T t) {
-            list[p].push_back({surfel, q.alpha, t, prior[p]});
+            list[p].push_back({surfel, q, t, prior[p]});
             prior[p] += q.alpha * t * f[12];
           });
     T* out = worker == 0 ? grad_features : buffers[worker - 1].data();
