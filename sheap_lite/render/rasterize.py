@@ -1,7 +1,11 @@
-"""The pure-PyTorch 2DGS rasteriser ("torch" backend): tiles, depth-sorted rounds, early termination.
+"""The "torch" backend's 2DGS rasteriser: tiles, front-to-back lists, early termination.
 
-Written by hand because no maintained library offers a differentiable 2DGS rasteriser without CUDA. gsplat's
-kernels do the same work one pixel per thread; here work is vectorised over tiles instead:
+Written by hand because no maintained library offers a differentiable 2DGS rasteriser without CUDA. On CPU,
+where a C++ compiler is present, the compiled kernel (`kernel.py`, `kernel.cpp`) does the work as gsplat's CUDA
+kernels do, one pixel at a time: tiles binned by the support boxes, each pixel composites its tile's list, the
+backward pass re-runs each tile and walks its pixels' pairs back to front (`_rasterize_compiled`). Otherwise
+(CUDA tensors, no compiler, SHEAP_LITE_RENDER_KERNEL=0) the pure-PyTorch path below runs, vectorised over tiles;
+both give the same images and gradients (tests run both):
 
 1. Binning: every surfel is paired with the tiles its support box touches; pairs whose tile no α ≥ 1/255 can
    reach are dropped (`cull.py`: the low-pass disc and the projected disc's ellipse against the tile's
