@@ -6,10 +6,11 @@
     python benchmarks/render.py --baseline /tmp/base [--baseline /tmp/main]   # old renderer(s) vs this one, CPU
 
 Each configuration runs in its own subprocess so that peak memory (CPU: max RSS growth; CUDA: max allocated)
-belongs to it alone; with --baseline every checkout renders the same scene, built once by this checkout. Results are reported as ratios against a reference measured in the same run: on CPU the
-dense all-pairs reference of the tests (`tests/render_reference.py`, the independent oracle the renderer is
-tested against) where it fits in memory, on CUDA gsplat. Times are medians of `--repeats` runs after one
-warm-up. Prints a markdown table for docs/benchmarks.md.
+belongs to it alone; with --baseline every checkout renders the same scene, built once by this checkout. Results
+are reported as ratios against a reference measured in the same run: on CPU the dense all-pairs reference of the
+tests (`tests/render_reference.py`, the independent oracle the renderer is tested against) where it fits in memory,
+on CUDA gsplat. Times are medians of `--repeats` runs after one warm-up. Prints a markdown table for
+docs/benchmarks.md; `--memory` measures 2048² with 50 surfels.
 """
 
 from __future__ import annotations
