@@ -2,13 +2,13 @@
 
 `library()` compiles kernel.cpp into a shared library in the user cache folder ($SHEAP_LITE_CACHE or the
 platform's, `render_kernel/`; one file per source and compiler, so an edit rebuilds) and loads it with ctypes:
-plain C functions, no torch headers, a build of ~2 s. Without a compiler, or when the build fails, or with
-SHEAP_LITE_RENDER_KERNEL=0, it returns None after a one-line warning and the renderer runs its pure-PyTorch
-path (search + `fused.CompositeRows`), which gives the same images and gradients.
+plain C functions, no torch headers, a build of ~3 s. Without a compiler, or when the build fails, it returns
+None after a one-line warning (with SHEAP_LITE_RENDER_KERNEL=0, silently) and the renderer runs its
+pure-PyTorch path (search + `fused.CompositeRows`), which gives the same images and gradients.
 
-`CompositeTiles` is the autograd node over it: per pixel, its tile's front-to-back surfel list is composited
-and the backward pass re-runs each pixel's forward (it keeps no per-pair state: memory is bounded by the
-binning and the image, never by depth complexity).
+`bin_tiles` builds the tiles' front-to-back surfel lists; `CompositeTiles` is the autograd node over the
+compositing: per pixel, its tile's list is composited, and the backward pass re-runs each tile (it keeps no
+per-pair state: memory is bounded by the binning and the image, never by depth complexity).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -32,9 +33,12 @@ FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 BUILD_TIMEOUT_S = 120
 
 
-def _compiler() -> str | None:
-    """$CXX, else `c++` or `g++` on PATH; None when there is none."""
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+def _compiler() -> list[str] | None:
+    """The command of $CXX, else `c++` or `g++` on PATH; None when there is none."""
+    if os.environ.get("CXX"):
+        return shlex.split(os.environ["CXX"])
+    found = shutil.which("c++") or shutil.which("g++")
+    return [found] if found else None
 
 
 def _cache_dir() -> Path:
@@ -54,20 +58,20 @@ def library() -> ctypes.CDLL | None:
                       "compositing", RuntimeWarning, stacklevel=2)
         return None
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, *FLAGS]).encode()).hexdigest()[:16]
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), *compiler, version, *FLAGS]).encode()).hexdigest()[:16]
         target = _cache_dir() / f"kernel_{key}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:  # build aside, then move in atomically
                 built = Path(scratch) / target.name
-                subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True,
+                subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True,
                                text=True, timeout=BUILD_TIMEOUT_S)
                 os.replace(built, target)
         return _declare(ctypes.CDLL(str(target)))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
-        warnings.warn(f"render_2dgs: the C++ compositing kernel did not build ({str(detail).strip()[:300]}); "
+        warnings.warn(f"render_2dgs: the C++ compositing kernel did not build ({' '.join(str(detail).split())[:300]}); "
                       "using the slower pure-PyTorch compositing", RuntimeWarning, stacklevel=2)
         return None
 
