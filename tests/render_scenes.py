@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
@@ -12,6 +13,19 @@ from render_reference import quat_to_rotmat, reference_render
 D = torch.float64
 HAS_CUDA = torch.cuda.is_available()
 FIELDS = ("rgb", "alpha", "depth", "depth_median", "normal", "distortion")
+
+
+@pytest.fixture(params=["compiled", "pytorch"])
+def render_path(request, monkeypatch):
+    """Runs a test on both CPU paths of the torch backend: the compiled kernel (`render/kernel.py`; skipped
+    where it cannot be built) and the pure-PyTorch fallback (search + `fused.CompositeRows`)."""
+    from sheap_lite.render import kernel
+
+    if request.param == "pytorch":
+        monkeypatch.setattr(kernel, "library", lambda: None)
+    elif kernel.library() is None:
+        pytest.skip("the compiled render kernel cannot be built here (no C++ compiler?)")
+    return request.param
 
 
 def _renderer():

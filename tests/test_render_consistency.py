@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from render_reference import quat_to_rotmat, reference_render, smoothness_margins
-from render_scenes import (
+from render_scenes import (  # noqa: F401  (render_path: a fixture)
     D,
     FIELDS,
     HAS_CUDA,
@@ -20,6 +20,7 @@ from render_scenes import (
     make_scene,
     ref_of,
     render_args,
+    render_path,
 )
 
 
@@ -39,7 +40,7 @@ def _find_float32_safe_scene():
     raise AssertionError("no float32-safe scene")  # pragma: no cover
 
 
-def test_float32_matches_float64():
+def test_float32_matches_float64(render_path):
     s, ref = _find_float32_safe_scene()
     args = render_args(s)
     a32 = {k: (v.float() if torch.is_tensor(v) else v) for k, v in args.items()}
@@ -49,7 +50,7 @@ def test_float32_matches_float64():
     assert_images_close(out32, ref, atol=1e-4, rtol=1e-4, what="[float32] ")
 
 
-def test_batch_elements_are_independent():
+def test_batch_elements_are_independent(render_path):
     s = make_scene(**SCENES["mixed"])
     render = _renderer()
     full = render(**render_args(s), backend="torch")
@@ -62,7 +63,7 @@ def test_batch_elements_are_independent():
 
 
 @pytest.mark.parametrize("tile_size, chunk, tile_batch", [(16, 32, 256), (8, 5, 1), (8, 5, 3)])
-def test_checkpointing_and_tiling_change_neither_images_nor_gradients(tile_size, chunk, tile_batch):
+def test_checkpointing_and_tiling_change_neither_images_nor_gradients(tile_size, chunk, tile_batch, render_path):
     """Checkpointed rounds are recomputed in the backward pass; they must see the same tiles and surfels.
     Rounds split into batches of `tile_batch` tiles composite exactly as whole rounds."""
     s = make_scene(**SCENES["mixed"])
@@ -82,7 +83,7 @@ def test_checkpointing_and_tiling_change_neither_images_nor_gradients(tile_size,
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-9, atol=1e-12)
 
 
-def test_surfel_order_does_not_matter():
+def test_surfel_order_does_not_matter(render_path):
     s = make_scene(**SCENES["mixed"])
     render = _renderer()
     out = render(**render_args(s), backend="torch")

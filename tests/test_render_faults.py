@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from render_scenes import D, SCENES, _opaque_stack, _renderer, cam_to_world, make_scene, render_args
+from render_scenes import (  # noqa: F401  (render_path: a fixture)
+    D,
+    SCENES,
+    _opaque_stack,
+    _renderer,
+    cam_to_world,
+    make_scene,
+    render_args,
+    render_path,
+)
 
 SURFEL_FIELDS = ("means", "quats", "scales", "opacities", "colors")
 
@@ -52,7 +61,7 @@ def _all_culled(kind):
 
 
 @pytest.mark.parametrize("kind", ["behind", "off_screen"])
-def test_scene_with_every_surfel_culled_is_background_and_differentiable(kind):
+def test_scene_with_every_surfel_culled_is_background_and_differentiable(kind, render_path):
     args = _grad_args(_all_culled(kind))
     out = _renderer()(**args, backend="torch")
     assert int(out.radii.abs().sum()) == 0
@@ -137,10 +146,13 @@ def _deep_stack(n):
 
 
 def test_checkpointed_training_memory_does_not_grow_with_depth_complexity(monkeypatch):
-    """checkpoint=True keeps one tile batch's inputs and final maps, not every round (it used to keep a few values
-    per pixel and round: 2048² with 50 surfels took 5.9 GB); the default (None) turns it on for large images."""
+    """PyTorch path: checkpoint=True keeps one tile batch's inputs and final maps, not every round (it used to keep
+    a few values per pixel and round: 2048² with 50 surfels took 5.9 GB); the default (None) turns it on for large
+    images."""
     import sheap_lite.render.rasterize as rasterize
+    from sheap_lite.render import kernel
 
+    monkeypatch.setattr(kernel, "library", lambda: None)
     shallow, deep = _deep_stack(8), _deep_stack(256)  # 1 round of 32 surfels vs 8 rounds
     kept = {n: _saved_bytes_per_pixel(a, checkpoint=True) for n, a in ((8, shallow), (256, deep))}
     stored = {n: _saved_bytes_per_pixel(a, checkpoint=False) for n, a in ((8, shallow), (256, deep))}
@@ -151,3 +163,16 @@ def test_checkpointed_training_memory_does_not_grow_with_depth_complexity(monkey
     assert _saved_bytes_per_pixel(deep) == kept[256]
     monkeypatch.setattr(rasterize, "AUTO_CHECKPOINT_PIXELS", 10 ** 9)
     assert _saved_bytes_per_pixel(deep) == stored[256]
+
+
+def test_compiled_kernel_keeps_nothing_per_pair():
+    """The compiled kernel saves its inputs only (per-surfel features and the tile lists): what autograd keeps per
+    pixel does not grow with depth complexity, whatever `checkpoint` says."""
+    from sheap_lite.render import kernel
+
+    if kernel.library() is None:
+        pytest.skip("the compiled render kernel cannot be built here (no C++ compiler?)")
+    shallow, deep = _deep_stack(8), _deep_stack(256)
+    kept = {n: _saved_bytes_per_pixel(a) for n, a in ((8, shallow), (256, deep))}
+    assert kept[256] < 1.5 * kept[8], kept
+    assert _saved_bytes_per_pixel(deep, checkpoint=False) == kept[256]

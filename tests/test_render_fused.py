@@ -1,4 +1,5 @@
-"""The hand-derived backward of `fused.CompositeRows` against autograd through `composite.composite_rows`."""
+"""The hand-derived backwards (`fused.CompositeRows`, the compiled kernel) against autograd through
+`composite.composite_rows`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 
 from render_scenes import D, FIELDS, SCENES, _renderer, make_scene, render_args
 
-from sheap_lite.render import rasterize
+from sheap_lite.render import kernel, rasterize
 from sheap_lite.render.composite import FEATURES, composite_rows
 from sheap_lite.render.fused import CompositeRows
 
@@ -67,21 +68,26 @@ def test_fused_backward_passes_gradcheck():
 @pytest.mark.parametrize("name", ["mixed", "dense_300", "channels_5"])
 def test_fused_render_gradients_match_autograd_reference(name, monkeypatch):
     """Whole renders: every input's gradient (depth, normal, alpha and distortion included) is the same with
-    the fused backward as with autograd through the reference compositing."""
+    the compiled kernel (where it builds) and with the fused backward as with autograd through the reference
+    compositing."""
     scene = render_args(make_scene(**SCENES[name]))
     results = []
-    for fused in (True, False):
-        monkeypatch.setattr(rasterize, "composite_pixels",
-                            lambda *a, fused_=fused, base=rasterize.composite_pixels, **k: base(*a, **k, fused=fused_))
+    for fused in ([None] if kernel.library() is not None else []) + [True, False]:  # None: the compiled kernel
+        if fused is not None:
+            monkeypatch.setattr(kernel, "library", lambda: None)
+            monkeypatch.setattr(rasterize, "composite_pixels", lambda *a, fused_=fused, base=rasterize.composite_pixels,
+                                **k: base(*a, **k, fused=fused_))
         leaves = {k: scene[k].clone().requires_grad_() for k in INPUTS}
         out = _renderer()(**{**scene, **leaves}, backend="torch", tile_size=4)
         g = torch.Generator().manual_seed(3)
         loss = sum((getattr(out, k) * torch.randn(getattr(out, k).shape, generator=g, dtype=D)).sum() for k in FIELDS)
         results.append(torch.autograd.grad(loss, list(leaves.values())))
         monkeypatch.undo()
-    for name_, a, b in zip(INPUTS, *results):
-        assert b.abs().max() > 0, f"zero gradient for {name_}: vacuous"
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient w.r.t. {name_}")
+    *tested, reference = results
+    for grads in tested:
+        for name_, a, b in zip(INPUTS, grads, reference):
+            assert b.abs().max() > 0, f"zero gradient for {name_}: vacuous"
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient w.r.t. {name_}")
 
 
 @pytest.mark.parametrize("name", ["dense_300", "subpixel_edge_on", "mixed"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from render_reference import quat_to_rotmat, reference_project, reference_render, smoothness_margins
-from render_scenes import (
+from render_scenes import (  # noqa: F401  (render_path: a fixture)
     D,
     FIELDS,
     SCENES,
@@ -16,6 +16,7 @@ from render_scenes import (
     make_camera,
     make_scene,
     ref_of,
+    render_path,
 )
 
 
@@ -67,7 +68,7 @@ def _scalar(out, w):
 INPUTS = ("means", "quats", "scales", "opacities", "colors", "backgrounds", "viewmats", "Ks")
 
 
-def test_gradcheck_all_inputs():
+def test_gradcheck_all_inputs(render_path):
     s = _find_smooth_scene()
     render = _renderer()
     W, H = s["width"], s["height"]
@@ -96,7 +97,7 @@ def _rigid_viewmat(rotvec, t):
 
 
 @pytest.mark.parametrize("name", ["mixed", "subpixel_edge_on"])
-def test_gradients_match_reference(name):
+def test_gradients_match_reference(name, render_path):
     """Autograd of the renderer vs autograd of the dense reference at a generic point (same branches)."""
     s = make_scene(**SCENES[name])
     # viewmats: differentiate w.r.t. a small rigid motion applied on top of the scene's camera, so the

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from render_reference import ALPHA_THRESHOLD, quat_to_rotmat, reference_render
-from render_scenes import (
+from render_scenes import (  # noqa: F401  (render_path: a fixture)
     D,
     SCENES,
     _hand_scene,
@@ -20,11 +20,12 @@ from render_scenes import (
     make_scene,
     ref_of,
     render_args,
+    render_path,
 )
 
 
 @pytest.mark.parametrize("name", list(SCENES))
-def test_render_matches_dense_reference(name):
+def test_render_matches_dense_reference(name, render_path):
     s = make_scene(**SCENES[name])
     out = _renderer()(**render_args(s), backend="torch")
     ref = ref_of(s)
@@ -98,14 +99,14 @@ def test_reference_tilted_near_surfel_by_explicit_ray_plane_intersection():
     assert (rows.min().item(), rows.max().item()) == (14, 27)
 
 
-def test_large_tilted_surfel_support_is_not_cut():
+def test_large_tilted_surfel_support_is_not_cut(render_path):
     # regression: rows 14-15 (alpha up to 0.0095) were dropped by a 3.33*extent*1.05 + 1 px tile box
     s = _tilted_near_surfel()
     out = _renderer()(**s, backend="torch")
     assert_images_close(out, reference_render(**s), atol=1e-8, what="[tilted near surfel] ")
 
 
-def test_render_exclusive_termination_stack():
+def test_render_exclusive_termination_stack(render_path):
     V = torch.eye(4, dtype=D)
     V[:3, :3] = quat_to_rotmat(torch.tensor([0.9, 0.2, -0.3, 0.1], dtype=D))
     V[:3, 3] = torch.tensor([0.1, -0.2, 0.3], dtype=D)
@@ -138,7 +139,7 @@ def _edge_on_rotation(mu, tilt_deg, up=(0.0, 1.0, 0.0)):
 
 
 @pytest.mark.parametrize("kind", ["subpixel", "edge_on"])
-def test_small_surfels_keep_their_low_pass_footprint(kind):
+def test_small_surfels_keep_their_low_pass_footprint(kind, render_path):
     """gsplat's radius is 1 px across these, but the 2D filter gives alpha >= 1/255 out to ~2.33 px
     (0.9 exp(-d^2) >= 1/255). The pixel two rows below the centre pixel (d ~ 2.0 px) must be covered."""
     V, K = _hand_scene(8.5, 8.5)

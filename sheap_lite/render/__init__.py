@@ -1,6 +1,7 @@
 """`render_2dgs`: 2D Gaussian splatting of surfels with gsplat 1.5.3's `rasterization_2dgs` semantics.
 
-Backends: "torch" (pure PyTorch, any device: `rasterize.py`), "gsplat" (gsplat's CUDA kernels: `gsplat_backend.py`),
+Backends: "torch" (PyTorch on any device, with a compiled C++ kernel on CPU where a compiler is present:
+`rasterize.py`, `kernel.py`), "gsplat" (gsplat's CUDA kernels: `gsplat_backend.py`),
 "auto" (gsplat on CUDA when importable, torch otherwise). Both return the same `RenderOutput`.
 `render_mesh` (mesh.py) is the differentiable soft mesh rasteriser with the same camera contract.
 """
@@ -116,7 +117,8 @@ def render_2dgs(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, 
     colors (B,N,C), viewmats (B,4,4) world→camera (OpenCV), Ks (B,3,3) pixels → `RenderOutput`.
 
     `options` go to the torch rasteriser (`tile_size`, `chunk`, `tile_batch`, `checkpoint`; see
-    `rasterize.rasterize`). Raises ValueError for wrong shapes, sizes that are not positive ints, dtypes other
+    `rasterize.rasterize`; the last three shape the pure-PyTorch path only: the compiled CPU kernel keeps
+    nothing per pair). Raises ValueError for wrong shapes, sizes that are not positive ints, dtypes other
     than float32/float64 (float16 is refused, not computed), and any NaN/inf input, naming the surfel.
     Where no surfel is drawn, rgb is the background, alpha 0, and a loss still back-propagates (zero gradients).
     """

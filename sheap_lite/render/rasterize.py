@@ -1,7 +1,11 @@
-"""The pure-PyTorch 2DGS rasteriser ("torch" backend): tiles, depth-sorted rounds, early termination.
+"""The "torch" backend's 2DGS rasteriser: tiles, front-to-back lists, early termination.
 
-Written by hand because no maintained library offers a differentiable 2DGS rasteriser without CUDA. gsplat's
-kernels do the same work one pixel per thread; here work is vectorised over tiles instead:
+Written by hand because no maintained library offers a differentiable 2DGS rasteriser without CUDA. On CPU,
+where a C++ compiler is present, the compiled kernel (`kernel.py`, `kernel.cpp`) does the work as gsplat's CUDA
+kernels do, one pixel at a time: tiles binned by the support boxes, each pixel composites its tile's list, the
+backward pass re-runs each tile and walks its pixels' pairs back to front (`_rasterize_compiled`). Otherwise
+(CUDA tensors, no compiler, SHEAP_LITE_RENDER_KERNEL=0) the pure-PyTorch path below runs, vectorised over tiles;
+both give the same images and gradients (tests run both):
 
 1. Binning: every surfel is paired with the tiles its support box touches; pairs whose tile no α ≥ 1/255 can
    reach are dropped (`cull.py`: the low-pass disc and the projected disc's ellipse against the tile's
@@ -30,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from . import kernel
 from .cull import tile_touches
 from .composite import ALPHA_MAX, FEATURES, composite_rows, pack
 from .fused import CompositeRows
@@ -51,26 +56,34 @@ def check_options(tile_size, chunk, tile_batch, checkpoint) -> None:
         raise ValueError(f"render_2dgs: checkpoint must be True, False or None (automatic), got {checkpoint!r}")
 
 
-def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int, tile_size: int,
-         planes: torch.Tensor | None = None, opacities: torch.Tensor | None = None):
-    """Front-to-back surfel lists per tile: (table (n_tiles, L) int64, counts (n_tiles,)), or (None, None).
-
-    With planes (B·N,3,3) and opacities (B,N), pairs whose tile no α ≥ 1/255 can reach are dropped
-    (`cull.tile_touches`).
-    Tiles are numbered b·(ty·tx) + row·tx + col; surfel ids are flat b·N + n; the padding after a tile's list
-    is the id B·N, a harmless surfel appended by `rasterize` (so that no real surfel is read there).
-    """
-    batch, n = projected.depths.shape
+def tile_ranges(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int,
+                tile_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tiles each surfel's support box touches: first and last (column, row), lo and hi (B,N,2) int64,
+    inclusive; hi = lo − 1 (no tile) for surfels that are not drawn or whose box misses the image."""
     tiles_x, tiles_y = tile_count(width, tile_size), tile_count(height, tile_size)
     lo = torch.floor(box[0] / tile_size).long()
     hi = torch.floor(box[1] / tile_size).long()
     lo[..., 0].clamp_(0, tiles_x), lo[..., 1].clamp_(0, tiles_y)
     hi[..., 0].clamp_(-1, tiles_x - 1), hi[..., 1].clamp_(-1, tiles_y - 1)
-    span = (hi - lo + 1).clamp_min(0)
-    count = torch.where(projected.valid, span[..., 0] * span[..., 1], torch.zeros_like(span[..., 0])).reshape(-1)
+    empty = (hi < lo).any(-1, keepdim=True) | ~projected.valid[..., None]
+    return lo, torch.where(empty, lo - 1, hi)
+
+
+def _bin_pairs(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int,
+               tile_size: int, planes: torch.Tensor | None = None, opacities: torch.Tensor | None = None):
+    """(tile, surfel) pairs (n,) sorted by tile, then front to back, or None when there are none.
+
+    With planes (B·N,3,3) and opacities (B,N), pairs whose tile no α ≥ 1/255 can reach are dropped
+    (`cull.tile_touches`). Tiles are numbered b·(ty·tx) + row·tx + col; surfel ids are flat b·N + n.
+    """
+    batch, n = projected.depths.shape
+    tiles_x, tiles_y = tile_count(width, tile_size), tile_count(height, tile_size)
+    lo, hi = tile_ranges(projected, box, width, height, tile_size)
+    span = hi - lo + 1
+    count = (span[..., 0] * span[..., 1]).reshape(-1)
     surfel = torch.repeat_interleave(torch.arange(batch * n, device=count.device), count)
     if surfel.numel() == 0:
-        return None, None
+        return None
     first = torch.cumsum(count, 0) - count
     local = torch.arange(surfel.numel(), device=count.device) - first[surfel]
     span_x = span.reshape(-1, 2)[surfel, 0]
@@ -81,14 +94,26 @@ def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: in
                                tile_size)
         surfel, tx, ty = surfel[touches], tx[touches], ty[touches]
         if surfel.numel() == 0:
-            return None, None
+            return None
     tile = (surfel // n) * (tiles_x * tiles_y) + ty * tiles_x + tx
     depth_rank = torch.empty(batch * n, dtype=torch.long, device=count.device)
     depth_rank[torch.argsort(projected.depths.detach().reshape(-1), stable=True)] = torch.arange(
         batch * n, device=count.device)
     order = torch.argsort(tile * (batch * n) + depth_rank[surfel])
-    tile, surfel = tile[order], surfel[order]
-    n_tiles = batch * tiles_x * tiles_y
+    return tile[order], surfel[order]
+
+
+def _bin(projected: Projected, box: tuple[torch.Tensor, torch.Tensor], width: int, height: int, tile_size: int,
+         planes: torch.Tensor | None = None, opacities: torch.Tensor | None = None):
+    """`_bin_pairs` as front-to-back surfel lists per tile: (table (n_tiles, L) int64, counts (n_tiles,)), or
+    (None, None). The padding after a tile's list is the id B·N, a harmless surfel appended by `rasterize` (so
+    that no real surfel is read there)."""
+    pairs = _bin_pairs(projected, box, width, height, tile_size, planes, opacities)
+    if pairs is None:
+        return None, None
+    tile, surfel = pairs
+    batch, n = projected.depths.shape
+    n_tiles = batch * tile_count(width, tile_size) * tile_count(height, tile_size)
     counts = torch.bincount(tile, minlength=n_tiles)
     position = torch.arange(tile.numel(), device=tile.device) - (torch.cumsum(counts, 0) - counts)[tile]
     table = torch.full((n_tiles, int(counts.max())), batch * n, dtype=torch.long, device=tile.device)
@@ -238,8 +263,10 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
     u_m, v_m, w_m = rows[:, 0], rows[:, 1], rows[:, 2]
     planes = torch.stack([torch.linalg.cross(v_m, w_m), torch.linalg.cross(w_m, u_m),
                           torch.linalg.cross(u_m, v_m)], dim=1)  # per surfel, once (not per tile and round)
-    table, counts = _bin(projected, support_box(projected, opacities, width, height), width, height, tile_size,
-                         planes, opacities)
+    box = support_box(projected, opacities, width, height)
+    if colors.device.type == "cpu" and kernel.library() is not None:
+        return _rasterize_compiled(projected, planes, box, opacities, colors, width, height, tile_size)
+    table, counts = _bin(projected, box, width, height, tile_size, planes, opacities)
     if table is None:
         table = torch.empty(0, 0, dtype=torch.long, device=colors.device)
         counts = torch.zeros(0, dtype=torch.long, device=colors.device)
@@ -290,3 +317,23 @@ def rasterize(projected: Projected, opacities: torch.Tensor, colors: torch.Tenso
 
     return {"rgb": image(rgb), "transmittance": image(transmittance, 1.0), "normal": image(normal),
             "depth_sum": image(depth_sum), "distortion": image(distortion), "median": image(median)}
+
+
+def _rasterize_compiled(projected: Projected, planes, box, opacities, colors, width: int, height: int,
+                        tile_size: int) -> dict[str, torch.Tensor]:
+    """`rasterize`'s maps from the compiled kernel: tiles binned by the support boxes alone (`kernel.bin_tiles`;
+    the kernel's own per-pixel screen is cheaper than `cull.py` there), then every pixel composites its tile's
+    list (`kernel.CompositeTiles`). Nothing per pair is kept, so `chunk`, `tile_batch` and `checkpoint` do not
+    apply."""
+    batch, n, channels = colors.shape
+    tiles_x, tiles_y = tile_count(width, tile_size), tile_count(height, tile_size)
+    lo, hi = tile_ranges(projected, box, width, height, tile_size)
+    order = torch.argsort(projected.depths.detach().reshape(-1), stable=True)  # front to back, ties by index
+    offsets, surfel = kernel.bin_tiles(lo.reshape(-1, 2), hi.reshape(-1, 2), order, n, (batch, tiles_x, tiles_y))
+    features = pack(planes, projected.means2d.reshape(-1, 2), opacities.reshape(-1), projected.depths.reshape(-1),
+                    projected.normals.reshape(-1, 3), colors.reshape(-1, channels)).T.contiguous()
+    grid = (batch, width, height, tile_size, tiles_x, tiles_y)
+    transmittance, depth_sum, median, rgb, normal, distortion = kernel.CompositeTiles.apply(
+        features, offsets, surfel, grid)
+    return {"rgb": rgb, "transmittance": transmittance, "normal": normal, "depth_sum": depth_sum,
+            "distortion": distortion, "median": median}
