@@ -58,7 +58,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """One training run. renderer: "2dgs" | "mesh" (the paper's baseline); composite: how the render meets
+    """One training run. renderer: "2dgs" | "mesh" (the paper's baseline) | "none" (landmarks only); composite: how the render meets
     the target image ("target" | "mask" | "mesh" | "none", see reanimate.py); backend: render_2dgs's backend
     ("auto": gsplat on CUDA); tile_size: the torch rasteriser's tile side (4: 1.5-2x faster per step than 16 at 64²,
     measured on the ci preset; DESIGN.md: 2.2-5.2x on renders alone); device: "auto" | "cpu" | "cuda"; amp: bf16 autocast (used on CUDA only); threads / workers: torch

@@ -224,12 +224,13 @@ def reanimation_losses(r, batch: dict, weights: LossWeights) -> dict[str, torch.
     render, image, mesh_depth) against the batch (target_image (B,3,H,W), target_landmarks (B,68,2),
     target_landmarks_visible (B,68)), unweighted, plus "total" = Σ weight·term.
 
-    Mesh renderer (r.surfels is None): no surfel or 2DGS terms (absent, not zero). No distortion /
+    Mesh renderer (r.surfels is None): no surfel or 2DGS terms (absent, not zero). No render (r.image is None, the
+    landmarks-only arm): no photometric terms either. No distortion /
     normal_from_depth on the render: those terms are absent. No eyelids: no eyelid prior."""
     target = batch["target_image"]
-    terms = {"l1": photometric_l1(r.image, target), "dssim": dssim(r.image, target),
-             "landmarks": landmark_loss(r.landmarks2d, batch["target_landmarks"],
-                                        batch["target_landmarks_visible"], target.shape[-1])}
+    terms = {} if r.image is None else {"l1": photometric_l1(r.image, target), "dssim": dssim(r.image, target)}
+    terms["landmarks"] = landmark_loss(r.landmarks2d, batch["target_landmarks"], batch["target_landmarks_visible"],
+                                       target.shape[-1])
     terms.update(parameter_priors(r.params))
     render = r.render
     if r.surfels is not None:

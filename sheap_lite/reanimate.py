@@ -8,7 +8,8 @@
 
 `renderer="mesh"` (the paper's baseline, for the ablation): the same networks; the surfels' albedo (one per
 triangle) is averaged to the vertices (`SurfelField.to_vertices`, the same capacity), shaded with the same SH and
-drawn with `render_mesh` in soft mode.
+drawn with `render_mesh` in soft mode. `renderer="none"` (the ablation's landmarks-only arm): nothing is drawn
+(`render`, `image` are None), so only the landmark and prior terms train the networks.
 
 Compositing (`composite`): the renderers draw over black (rgb premultiplied by alpha), then
 - "mask" (default): image = rgb + (1 − alpha)·target·(1 − mask): inside the target's head mask (face, forehead,
@@ -42,7 +43,7 @@ from .surfel_field import SurfelField
 
 __all__ = ["Reanimator", "Reanimation", "RENDERERS", "COMPOSITES"]
 
-RENDERERS = ("2dgs", "mesh")
+RENDERERS = ("2dgs", "mesh", "none")
 COMPOSITES = ("mask", "target", "none")
 
 
@@ -68,8 +69,8 @@ class Reanimation:
     surfels: Surfels | None  # world surfels (None for the mesh renderer)
     face_normals: torch.Tensor | None  # (B,N,3) unit normal of each surfel's posed triangle (None for mesh)
     sh: torch.Tensor  # (B,9,3) predicted light
-    render: RenderOutput | MeshRenderOutput
-    image: torch.Tensor  # (B,3,H,W) the render composited (module docstring), compared with the target
+    render: RenderOutput | MeshRenderOutput | None  # None for renderer "none"
+    image: torch.Tensor | None  # (B,3,H,W) the render composited (module docstring), compared with the target
     mesh_depth: torch.Tensor | None  # (B,1,H,W) posed mesh depth at the target camera, 0 off-mesh; differentiable
 
 
@@ -79,7 +80,7 @@ class Reanimator(nn.Module):
     of constant buffers are neither synced nor saved; `.to()` still moves it).
 
     config: `ModelConfig`; flame: a `FLAME` (the user's, or `FLAME.builtin()`); camera: the fixed camera;
-    renderer: "2dgs" | "mesh"; render_options: passed to `render_2dgs` (torch backend: tile_size, ...); None
+    renderer: "2dgs" | "mesh" | "none"; render_options: passed to `render_2dgs` (torch backend: tile_size, ...); None
     picks tile_size=4 for the torch backend (1.5–1.9× faster than its default 16 with the culled, fused renderer:
     docs/benchmarks.md; the same images) and nothing for gsplat.
     """
@@ -195,12 +196,14 @@ class Reanimator(nn.Module):
                 render = render_2dgs(surfels.means, surfels.quats, surfels.scales, surfels.opacities, colours,
                                      viewmat, K, size, size, **options)
                 normals = self.field.face_normals(vertices)
-            else:
+            elif self.renderer == "mesh":
                 albedo = self.field.to_vertices(local.albedo)
                 render = render_mesh(vertices, self.field.faces, viewmat, K, size, size, vertex_colors=albedo, sh=sh,
                                      mode="soft")
                 local = surfels = normals = None
-            image = self._composite(render, target.to(dtype), target_mask, composite)
+            else:  # "none": landmarks and priors only
+                render = local = surfels = normals = None
+            image = None if render is None else self._composite(render, target.to(dtype), target_mask, composite)
         return Reanimation(params=params, source=src, target=tgt, vertices=vertices, landmarks2d=landmarks2d,
                            local=local, surfels=surfels, face_normals=normals, sh=sh, render=render, image=image,
                            mesh_depth=mesh_depth)

@@ -207,7 +207,7 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, bui
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         step, skipped = int(state["step"]), int(state["counters"]["skipped"])
-    trained = distributed.wrap(model, place, find_unused_parameters=config.renderer == "mesh")
+    trained = distributed.wrap(model, place, find_unused_parameters=config.renderer != "2dgs")
     log = RunLog(out, step, enabled=place.is_main)
     if place.is_main:
         log.write_config(dataclasses.asdict(config), threads, workers, place.world_size)
@@ -268,7 +268,7 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False, bui
                     log.record("train", step, means)
                     bar.set_postfix(loss=f"{means.get('total', float('nan')):.4f}", skipped=skipped)
                     sums, count = {}, 0
-                if config.image_every and step % config.image_every == 0 and place.is_main:
+                if config.image_every and step % config.image_every == 0 and place.is_main and r.image is not None:
                     log.image("train/grid", step, image_grid(r, batch, model))
                 if step % config.eval_every == 0 or step == config.steps:
                     val = held_out()

@@ -36,7 +36,6 @@ def _train_rank(rank: int, world: int, port: int, config, out: str) -> None:
     train(config, out, build=standin(dropout=0.0), loss_fn=standin_losses)
 
 
-@pytest.mark.slow  # three training processes (~12 s)
 def test_two_processes_give_the_update_of_one(tmp_path):
     make_clips(tmp_path / "data", frames=8)
     config = standin_config(tmp_path / "data", steps=3)  # global batch 4: 2 per process under DDP
@@ -113,7 +112,6 @@ def _wrap_rank(rank: int, world: int, port: int, results) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.slow  # two spawned processes (~10 s)
 def test_ddp_syncs_only_the_networks():
     results = mp.Manager().dict()
     mp.spawn(_wrap_rank, args=(2, _free_port(), results), nprocs=2, join=True)

@@ -94,6 +94,23 @@ def test_mesh_renderer_runs_and_gives_gradients(flame, batch, one_thread):
     assert albedo_rows.abs().sum() > 0
 
 
+def test_no_renderer_trains_on_landmarks_and_priors_alone(flame, batch, one_thread):
+    from sheap_lite.losses import LossWeights, reanimation_losses
+
+    model = _model(flame, renderer="none")
+    r = _step(model, batch)
+    assert r.image is None and r.render is None and r.surfels is None and r.mesh_depth is None
+    losses = reanimation_losses(r, batch, LossWeights())
+    assert set(losses) == {"landmarks", "shape_prior", "expression_prior", "pose_prior", "eyelid_prior", "total"}
+    with_render = reanimation_losses(_step(_model(flame), batch), batch, LossWeights())
+    for name in ("landmarks", "shape_prior", "expression_prior", "pose_prior"):  # the same networks, same seed
+        torch.testing.assert_close(losses[name], with_render[name])
+    losses["total"].backward()
+    assert model.networks["flame_head"].out.weight.grad.abs().sum() > 0
+    assert model.networks["encoder"].net.head.weight.grad.abs().sum() > 0
+    assert model.networks["gaussian_head"].out.weight.grad is None  # nothing drawn: the surfels learn nothing
+
+
 def test_embedding_head_and_vit_encoder_run(flame, batch, one_thread):
     model = _model(flame, gaussian_head="embedding", encoder="vit", width=8, vit_depth=1, vit_heads=2)
     r = _step(model, batch)

@@ -41,7 +41,6 @@ def _losses(out) -> dict:
     return {(r["step"], r["split"]): r.get("total") for r in read_metrics(out)}
 
 
-@pytest.mark.slow  # three training processes (~25 s)
 def test_sigkilled_run_resumes_to_the_same_losses(clips, tmp_path):
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
     script = [sys.executable, str(ROOT / "tests" / "train_standin.py"), str(clips)]
@@ -154,7 +153,6 @@ def _real_clips(root: Path, size: int, frames: int = 2) -> None:
                    np.ones((frames, 68), bool), {"identity": f"syn0-00000{k}"})
 
 
-@pytest.mark.slow
 def test_paper_preset_takes_a_step_on_the_cpu(tmp_path):
     _real_clips(tmp_path / "data", 224)
     preset = PRESETS["paper"]
@@ -167,7 +165,6 @@ def test_paper_preset_takes_a_step_on_the_cpu(tmp_path):
     assert state["model"]["field.face_index"].numel() >= 19_000  # ~20k surfels (2 per face)
 
 
-@pytest.mark.slow
 def test_ci_preset_learns_on_synthetic_clips(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "sheap_lite.data.synthetic", "--out", str(tmp_path / "data"), "--preset",
