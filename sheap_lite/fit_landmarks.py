@@ -146,6 +146,8 @@ def fit_landmarks(flame: FLAME, landmarks, visible, size: int, config: LandmarkF
             for _ in range(config.steps):
                 optimiser.zero_grad()
                 energy().backward()
+                for variable in variables.parameters():  # one non-finite entry would poison every later step
+                    variable.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
                 optimiser.step()
                 schedule.step()
     return variables.params().detach()
