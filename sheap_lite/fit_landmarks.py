@@ -23,8 +23,18 @@ tests/test_fit_landmarks.py, float64 to rule out rounding) L-BFGS stops at 0.30 
 iterations (0.048 px when the 17 jaw points are masked out: the kinks are the cause), while Adam (lr 0.5, 200
 steps) reaches 0.07 px.
 
-Measured (`python -m sheap_lite.evaluate --baseline landmark_fit`, small preset at 128², built-in head): see
-`LandmarkFitConfig` for the defaults and the numbers behind them.
+Shape prior, measured on 2 clips of each benchmark set of the small preset (128², 16 frames, built-in head;
+mean errors in mm after the benchmark's similarity alignment; the mean head: neutral 2.71, posed 2.71 / 3.23):
+
+    shape_prior   neutral set: neutral / posed   expressive set: neutral / posed   landmarks px
+    1e-6          3.52 / 4.76                    3.22 / 3.94                       0.04 / 0.05
+    1e-5          2.65 / 3.87                    2.54 / 3.31                       0.04 / 0.05
+    1e-4          1.24 / 1.58                    1.28 / 1.69                       0.05 / 0.07   (the default)
+
+A weak prior fits the landmarks as well and the shape worse: 2D landmarks leave many shape directions free, and
+the fit wanders along them. 1e-3 was not measured on the benchmark (on the 3-frame test head it was worse than
+1e-4: 3.10 vs 2.37 mm). Full benchmark: see the measurement in docs (the evaluate command with
+`--baseline landmark_fit`).
 """
 
 from __future__ import annotations
