@@ -1,6 +1,8 @@
 """Measure a checkpoint: `python -m sheap_lite.evaluate --checkpoint CKPT --benchmark synthetic --data ROOT --out DIR`
-→ `DIR/metrics.json` and `DIR/metrics.md` (a markdown table). `--checkpoint mean` (or `--baseline mean_head`)
-measures the mean head without a checkpoint.
+→ `DIR/metrics.json` and `DIR/metrics.md` (a markdown table), and per-vertex error heat maps of the first
+`--heatmaps N` clips in `DIR/heatmaps/` (`error_maps.py`). `--checkpoint mean` (or `--baseline mean_head`)
+measures the mean head without a checkpoint; `--baseline landmark_fit` measures the classic optimisation baseline,
+FLAME fitted to each clip's 2D landmarks (`fit_landmarks.py`: one shape per clip, never its ground truth).
 
 The synthetic benchmark. ROOT is any folder of synthetic clips with ground truth (clips written by
 `python -m sheap_lite.data.synthetic`); a ROOT holding `benchmark/` is read in both held-out sets,
@@ -33,7 +35,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -48,7 +50,8 @@ from .networks import DATA_FRAMING_TRANSLATION, landmark_input
 from .params import FlameParams
 
 __all__ = ["Predictor", "load_model", "model_predictor", "mean_head_params", "mean_head_predictor", "face_region",
-           "true_params", "benchmark_sets", "measure_clip", "evaluate_synthetic", "markdown_table", "main"]
+           "true_params", "benchmark_sets", "ClipErrors", "clip_errors", "measure_clip", "evaluate_synthetic",
+           "markdown_table", "main"]
 
 # predict(images (T,3,S,S) in [0,1], clip) -> FlameParams of T heads; the clip is there for baselines and oracles
 # that use its ground truth or landmarks (a trained model looks only at the images).
@@ -154,11 +157,20 @@ def _landmark_errors(flame: FLAME, camera: CameraConfig, vertices: torch.Tensor,
     return error[visible], (100 * error / interocular)[visible]
 
 
+class ClipErrors(NamedTuple):
+    """One clip's errors before pooling: `errors` as `measure_clip`'s keys, vertex errors kept per frame (T,R) mm
+    (R region vertices), landmarks (K,) over the visible ones; `region` (V,) bool; the true identity's neutral
+    mesh `true_neutral` (V,3) and posed meshes `true_posed` (T,V,3) they were measured on (for heat maps)."""
+
+    errors: dict[str, torch.Tensor]
+    region: torch.Tensor
+    true_neutral: torch.Tensor
+    true_posed: torch.Tensor
+
+
 @torch.no_grad()
-def measure_clip(predict: Predictor, flame: FLAME, camera: CameraConfig, clip: Clip) -> dict[str, torch.Tensor]:
-    """Per-vertex and per-landmark errors of one clip, flattened: {"neutral/model", "neutral/mean_head",
-    "expressive/model", "expressive/mean_head"} in mm over T×R region vertices, {"landmarks_px/model",
-    "landmarks_pct/model", ... "/mean_head"} over the visible landmarks of its T frames."""
+def clip_errors(predict: Predictor, flame: FLAME, camera: CameraConfig, clip: Clip) -> ClipErrors:
+    """Per-frame per-vertex and per-landmark errors of one clip (`ClipErrors`; `measure_clip` flattens them)."""
     device = flame.v_template.device
     true = true_params(clip).to(device)
     frames = len(true)
@@ -188,7 +200,14 @@ def measure_clip(predict: Predictor, flame: FLAME, camera: CameraConfig, clip: C
     for name, vertices in (("model", pred_vertices), ("mean_head", flame(mean_params).vertices)):
         errors[f"landmarks_px/{name}"], errors[f"landmarks_pct/{name}"] = _landmark_errors(flame, camera, vertices,
                                                                                            clip)
-    return {k: v.reshape(-1).double().cpu() for k, v in errors.items()}
+    return ClipErrors(errors, region, neutral.vertices[0], true_posed)
+
+
+def measure_clip(predict: Predictor, flame: FLAME, camera: CameraConfig, clip: Clip) -> dict[str, torch.Tensor]:
+    """Per-vertex and per-landmark errors of one clip, flattened: {"neutral/model", "neutral/mean_head",
+    "expressive/model", "expressive/mean_head"} in mm over T×R region vertices, {"landmarks_px/model",
+    "landmarks_pct/model", ... "/mean_head"} over the visible landmarks of its T frames."""
+    return {k: v.reshape(-1).double().cpu() for k, v in clip_errors(predict, flame, camera, clip).errors.items()}
 
 
 def _summaries(errors: dict[str, list[torch.Tensor]]) -> dict:
@@ -204,19 +223,30 @@ def _summaries(errors: dict[str, list[torch.Tensor]]) -> dict:
 
 
 def evaluate_synthetic(predict: Predictor, flame: FLAME, root: str | os.PathLike, camera: CameraConfig | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, heatmaps: int = 0, heatmap_dir: str | os.PathLike | None = None) -> dict:
     """The synthetic benchmark on every clip of `benchmark_sets(root)` (module docstring) → the metrics.json dict:
     overall `neutral`, `expressive`, `landmarks_2d` (each {"model", "mean_head"}), the same per set in `by_set`,
-    and what was measured (`region`, `alignment`, counts)."""
+    and what was measured (`region`, `alignment`, counts). The first `heatmaps` clips also get a per-vertex error
+    heat map (`error_maps.write_heatmap`) in `heatmap_dir` as SET_CLIP.png."""
     camera = camera or CameraConfig()
+    if heatmaps and heatmap_dir is None:
+        raise ValueError("evaluate_synthetic: heatmaps > 0 needs a heatmap_dir to write them to")
     sets = benchmark_sets(root)
     everything, by_set = {}, {}
     bar = tqdm(total=sum(map(len, sets.values())), desc="evaluate", unit="clip", disable=not progress)
+    drawn = 0
     for name, clips in sets.items():
         errors, frames = {}, 0
         for path in clips:
             clip = load_clip(path)
-            for key, value in measure_clip(predict, flame, camera, clip).items():
+            measured = clip_errors(predict, flame, camera, clip)
+            if drawn < heatmaps:
+                from .error_maps import write_heatmap
+                write_heatmap(Path(heatmap_dir) / f"{name.replace('/', '_')}_{path.name}.png", flame, measured,
+                              f"{name}/{path.name}: per-vertex error of the prediction (face region, aligned)")
+                drawn += 1
+            for key, value in measured.errors.items():
+                value = value.reshape(-1).double().cpu()
                 errors.setdefault(key, []).append(value)
                 everything.setdefault(key, []).append(value)
             frames += clip.meta["n_frames"]
@@ -274,7 +304,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sheap_lite.evaluate", description=__doc__.split("\n\n")[0])
     chosen = parser.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--checkpoint", help="a training run's checkpoint.pt, or `mean` for the mean head")
-    chosen.add_argument("--baseline", choices=["mean_head"], help="measure a baseline instead of a checkpoint")
+    chosen.add_argument("--baseline", choices=["mean_head", "landmark_fit"], help="measure a baseline instead of a "
+                        "checkpoint: the mean head, or FLAME fitted to each clip's 2D landmarks (fit_landmarks.py)")
     parser.add_argument("--benchmark", choices=BENCHMARKS, default="synthetic")
     parser.add_argument("--data", required=True, help="folder of synthetic clips, or a generator output folder; "
                         "with --benchmark now: the NoW folder (docs/now.md)")
@@ -282,8 +313,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--flame-path", default=None, help="head model file (default: the checkpoint's, else "
                         "FLAME.load()'s choice)")
+    parser.add_argument("--heatmaps", type=int, default=3, metavar="N", help="per-vertex error heat maps of the first "
+                        "N clips in OUT/heatmaps/ (default 3; 0: none)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.benchmark == "now" and args.baseline == "landmark_fit":
+        parser.error("--baseline landmark_fit fits each clip's annotated landmarks: use it with --benchmark synthetic")
+    if args.heatmaps < 0:
+        parser.error(f"--heatmaps {args.heatmaps}: give a number of clips >= 0")
     if args.checkpoint not in (None, "mean") and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no such file (a run folder's checkpoint.pt, or `mean`)")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -293,13 +330,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.checkpoint in (None, "mean"):
+    if args.baseline == "landmark_fit":
+        from .fit_landmarks import landmark_fit_predictor
+        flame = FLAME.load(args.flame_path).to(args.device)
+        predict, camera, name = landmark_fit_predictor(flame), CameraConfig(), "landmark_fit"
+    elif args.checkpoint in (None, "mean"):
         flame = FLAME.load(args.flame_path).to(args.device)
         predict, camera, name = mean_head_predictor(flame), CameraConfig(), "mean_head"
     else:
         model = load_model(args.checkpoint, args.device, args.flame_path)
         flame, camera, name = model.flame, model.camera, str(args.checkpoint)
         predict = model_predictor(model)
+    out = Path(args.out)
     if args.benchmark == "now":  # sheap_lite/now.py; NoW has no clips: images and the detector's landmarks
         from .now import evaluate_now, markdown_table as table
         if args.checkpoint in (None, "mean"):
@@ -309,8 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = {"predictor": name, **evaluate_now(predict_now, flame, args.data, size, not args.no_progress)}
     else:
         table = markdown_table
-        metrics = {"predictor": name, **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress)}
-    out = Path(args.out)
+        metrics = {"predictor": name, **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress,
+                                                           args.heatmaps, out / "heatmaps")}
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     _write_text(out / "metrics.md", table(metrics))

@@ -5,6 +5,7 @@ holds."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ from PIL import Image
 from sheap_lite.checkpoint import head_model_id, save_checkpoint
 from sheap_lite.config import PRESETS
 from sheap_lite.data.clip_format import list_clips, load_clip, write_clip
+from sheap_lite import fit_landmarks
 from sheap_lite.data.synthetic_write import main as synthetic_main
+from sheap_lite.error_maps import OUTSIDE, error_colors
 from sheap_lite.evaluate import evaluate_synthetic, main, model_predictor
 from sheap_lite.flame import FLAME
 from sheap_lite.metrics import NOW_LANDMARKS, error_summary, now_crop_sphere, vertex_errors
@@ -46,7 +49,8 @@ def _clips(root):
 
 
 def test_mean_head_report_matches_vertex_errors_computed_here(data, flame, tmp_path):
-    metrics = main(["--checkpoint", "mean", "--data", str(data), "--out", str(tmp_path), "--no-progress"])
+    metrics = main(["--checkpoint", "mean", "--data", str(data), "--out", str(tmp_path), "--no-progress",
+                    "--heatmaps", "0"])
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert "| measure |" in (tmp_path / "metrics.md").read_text()
     assert metrics["clips"] == 4 and metrics["frames"] == 12 and sorted(metrics["by_set"]) == sorted(SETS)
@@ -98,7 +102,7 @@ def test_checkpoint_is_measured_as_the_model_it_holds(data, flame, tmp_path):
     save_checkpoint(dict(version=1, step=0, config=dataclasses.asdict(config), head=head_model_id(flame),
                          model=model.state_dict()), tmp_path / "checkpoint.pt")
     metrics = main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--data", str(data / "benchmark" / "neutral"),
-                    "--out", str(tmp_path / "eval"), "--no-progress"])
+                    "--out", str(tmp_path / "eval"), "--no-progress", "--heatmaps", "0"])
     direct = evaluate_synthetic(model_predictor(model), flame, data / "benchmark" / "neutral", progress=False)
     assert list(metrics["by_set"]) == ["neutral"] and metrics["frames"] == 6
     for measure in ("neutral", "expressive", "landmarks_2d"):
@@ -107,9 +111,51 @@ def test_checkpoint_is_measured_as_the_model_it_holds(data, flame, tmp_path):
     assert metrics["neutral"]["model"]["mean_mm"] > 1.2 * metrics["neutral"]["mean_head"]["mean_mm"]
 
 
+def test_landmark_fit_baseline_is_measured_from_the_landmarks(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(fit_landmarks, "LandmarkFitConfig", functools.partial(fit_landmarks.LandmarkFitConfig,
+                                                                              steps=40))  # a short fit: fast
+    metrics = main(["--baseline", "landmark_fit", "--data", str(data / "benchmark" / "neutral"), "--out",
+                    str(tmp_path), "--no-progress", "--heatmaps", "0"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["predictor"] == "landmark_fit"
+    assert "predictor `landmark_fit`" in (tmp_path / "metrics.md").read_text()
+    # the fit moves the landmarks onto the clip's: far below the mean head's error, and a different shape
+    assert metrics["landmarks_2d"]["model"]["mean_px"] < 0.3 * metrics["landmarks_2d"]["mean_head"]["mean_px"]
+    assert metrics["neutral"]["model"]["mean_mm"] != pytest.approx(metrics["neutral"]["mean_head"]["mean_mm"])
+
+
+def test_landmark_fit_never_reads_the_ground_truth(data, flame):
+    clip = _clips(data)[0]
+    blind = dataclasses.replace(clip, ground_truth={})
+    images = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255
+    config = fit_landmarks.LandmarkFitConfig(steps=3)
+    seen, hidden = (fit_landmarks.landmark_fit_predictor(flame, config)(images, c) for c in (clip, blind))
+    assert torch.equal(seen.shape, hidden.shape) and torch.equal(seen.translation, hidden.translation)
+
+
+def test_heatmaps_are_written_for_the_first_clips(data, tmp_path):
+    main(["--baseline", "mean_head", "--data", str(data), "--out", str(tmp_path), "--no-progress", "--heatmaps", "3"])
+    written = sorted(p.name for p in (tmp_path / "heatmaps").iterdir())
+    assert written == ["benchmark_expressive_clip_000000.png", "benchmark_neutral_clip_000000.png",
+                       "benchmark_neutral_clip_000001.png"]
+    image = np.asarray(Image.open(tmp_path / "heatmaps" / written[1]).convert("RGB")).astype(int)
+    assert image.shape[0] > 300 and image.shape[1] == 2 * 320
+    saturated = (image.max(-1) - image.min(-1)) > 60  # coloured (not grey or white) pixels: the error colours
+    assert saturated[:, :320].mean() > 0.05 and saturated[:, 320:].mean() > 0.05  # both panels
+
+
+def test_error_colours_follow_the_scale_and_grey_out_the_rest():
+    region = torch.tensor([True, False, True, True])
+    colours = error_colors(torch.tensor([0.0, 2.5, 99.0]), region, vmax_mm=5.0)
+    assert torch.allclose(colours[1], torch.tensor(OUTSIDE))
+    low, middle, high = colours[0], colours[2], colours[3]
+    assert low[2] > low[0] and high[0] > high[2] and middle[1] > max(middle[0], middle[2])  # blue → green → red
+    assert torch.allclose(high, error_colors(torch.tensor([5.0]), torch.tensor([True]), 5.0)[0])  # saturates
+
+
 def test_bad_arguments_are_clear(data, tmp_path, capsys):
     for argv, message in [(["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
-                          (["--checkpoint", "mean", "--baseline", "mean_head"], "not allowed with")]:
+                          (["--checkpoint", "mean", "--baseline", "mean_head"], "not allowed with"),
+                          (["--baseline", "mean_head", "--heatmaps", "-1"], ">= 0")]:
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--data", str(data), "--out", str(tmp_path / "out")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
