@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's sheap_lite and
 
 from benchmarks.ablation_report import markdown, update_report, write_plot  # noqa: E402
 from benchmarks.learning_proof import child_env, evaluate_seed, summary, train_seed  # noqa: E402
+from sheap_lite.outputs import write_atomic, write_json  # noqa: E402
 
 GEOMETRY_TERMS = ("surfel_normal", "mesh_depth", "normal_consistency", "depth_distortion")
 ARMS: dict[str, dict[str, str]] = {
@@ -154,7 +155,8 @@ def sweep(data: Path, out: Path, preset: str, arms: list[str], seeds: list[int],
         failed = []
         for (arm, seed), future in futures.items():
             if future.exception() is not None:
-                failed.append(f"{arm} seed {seed}: {future.exception()} (log: {out / arm / f'seed{seed}' / 'train.log'})")
+                log = out / arm / f"seed{seed}" / "train.log"
+                failed.append(f"{arm} seed {seed}: {future.exception()} (log: {log})")
     if failed:
         raise RuntimeError("runs failed (rerun the same command to resume):\n" + "\n".join(failed))
     return [futures[(arm, seed)].result() for arm in arms for seed in seeds]
@@ -202,9 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
               "wall_seconds": wall, "runs": records,
               "summary": {arm: summary([r for r in records if r["arm"] == arm]) for arm in args.arms}}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ablation.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out / "ablation.json", result)
     text = markdown(result)
-    (args.out / "ablation.md").write_text(text)
+    write_atomic(args.out / "ablation.md", text)
     write_plot(result, args.out / "ablation.png")
     if args.report is not None:
         update_report(args.report, markdown(result, image="img/ablation.png"), args.out / "ablation.png")

@@ -30,7 +30,6 @@ number of classes); the model's confusion matrix.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from tqdm import tqdm
 from .data.clip_format import list_clips, load_clip, read_annotations, read_meta
 from .data.synthetic import split_of
 from .data.synthetic_motion import EXPRESSION_PRESETS, JAW_PITCH_PER_OPEN
+from .outputs import write_json
 from .params import FlameParams
 
 __all__ = ["expression_features", "label_strength", "strong_frames", "probe_clips", "LinearProbe", "fit_probe",
@@ -235,7 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from .evaluate import _write_text, load_model, mean_head_predictor, model_predictor
+    from .evaluate import load_model, mean_head_predictor, model_predictor
     from .flame import FLAME
 
     args = parse_args(argv)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                              args.l2, not args.no_progress)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "probe.json", json.dumps(result, indent=1) + "\n")
+    write_json(out / "probe.json", result)
     accuracy = result["accuracy"]
     print(f"probe on {result['score']['frames']} held-out frames ({result['score']['clips']} clips, "
           f"{len(result['classes'])} classes): model {accuracy['model']:.1%}, mean head {accuracy['mean_head']:.1%}, "
