@@ -36,8 +36,8 @@ TARGET_REDUCTION = 0.30
 HELD_OUT_TERMS = ("l1", "dssim", "landmarks")
 
 
-def _env() -> dict:
-    """The subprocesses import this checkout's sheap_lite."""
+def child_env() -> dict:
+    """The environment of a subprocess that imports this checkout's sheap_lite (os.environ, PYTHONPATH first)."""
     path = os.environ.get("PYTHONPATH", "")
     return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{path}" if path else str(ROOT))
 
@@ -66,7 +66,7 @@ def train_seed(data: Path, run: Path, preset: str, seed: int, train_flags: list[
     with open(run / "train.log", "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_env(), check=True, cwd=ROOT)
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(), check=True, cwd=ROOT)
     spent += time.perf_counter() - start
     timing.write_text(json.dumps({"train_seconds": spent}) + "\n")
     return spent
@@ -76,7 +76,7 @@ def evaluate_seed(data: Path, run: Path) -> dict:
     """`python -m sheap_lite.evaluate` on run/checkpoint.pt → the metrics dict (run/eval/metrics.json)."""
     subprocess.run([sys.executable, "-m", "sheap_lite.evaluate", "--checkpoint", str(run / "checkpoint.pt"),
                     "--benchmark", "synthetic", "--data", str(data), "--out", str(run / "eval"), "--no-progress"],
-                   env=_env(), check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+                   env=child_env(), check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads((run / "eval" / "metrics.json").read_text())
 
 
