@@ -24,6 +24,9 @@ global, neck and eye rotations and translation; zero jaw, so the jaw counts as t
 what an untrained network predicts (zero parameters, identity rotations, the data's mean framing translation).
 Summaries (`metrics.error_summary`) pool every vertex of every frame: median, mean, population std.
 
+`--refine N`: test-time refinement of each clip for N steps before measuring (`sheap_lite/refine.py`; metrics.json
+records `refine_steps`).
+
 `--benchmark now --data NOW_ROOT`: the NoW benchmark instead (`sheap_lite/now.py`, docs/now.md).
 """
 
@@ -282,8 +285,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--flame-path", default=None, help="head model file (default: the checkpoint's, else "
                         "FLAME.load()'s choice)")
+    parser.add_argument("--refine", type=int, default=0, metavar="N", help="test-time refinement: optimise each "
+                        "clip's parameters and surfels for N steps from the checkpoint's predictions (refine.py)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.refine < 0 or (args.refine and (args.checkpoint in (None, "mean") or args.benchmark != "synthetic")):
+        parser.error(f"--refine {args.refine}: needs N >= 0, a --checkpoint and --benchmark synthetic (clips)")
     if args.checkpoint not in (None, "mean") and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no such file (a run folder's checkpoint.pt, or `mean`)")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -300,6 +307,12 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(args.checkpoint, args.device, args.flame_path)
         flame, camera, name = model.flame, model.camera, str(args.checkpoint)
         predict = model_predictor(model)
+        if args.refine:  # the checkpoint's own loss weights
+            from .checkpoint import load_checkpoint
+            from .config import config_from_dict
+            from .refine import refining_predictor
+            weights = config_from_dict(load_checkpoint(args.checkpoint)["config"]).loss
+            predict = refining_predictor(model, args.refine, weights)
     if args.benchmark == "now":  # sheap_lite/now.py; NoW has no clips: images and the detector's landmarks
         from .now import evaluate_now, markdown_table as table
         if args.checkpoint in (None, "mean"):
@@ -309,7 +322,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = {"predictor": name, **evaluate_now(predict_now, flame, args.data, size, not args.no_progress)}
     else:
         table = markdown_table
-        metrics = {"predictor": name, **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress)}
+        metrics = {"predictor": name, "refine_steps": args.refine,
+                   **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
