@@ -26,6 +26,9 @@ global, neck and eye rotations and translation; zero jaw, so the jaw counts as t
 what an untrained network predicts (zero parameters, identity rotations, the data's mean framing translation).
 Summaries (`metrics.error_summary`) pool every vertex of every frame: median, mean, population std.
 
+`--refine N`: test-time refinement of each clip for N steps before measuring (`sheap_lite/refine.py`; metrics.json
+records `refine_steps`).
+
 `--benchmark now --data NOW_ROOT`: the NoW benchmark instead (`sheap_lite/now.py`, docs/now.md).
 """
 
@@ -315,12 +318,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "FLAME.load()'s choice)")
     parser.add_argument("--heatmaps", type=int, default=3, metavar="N", help="per-vertex error heat maps of the first "
                         "N clips in OUT/heatmaps/ (default 3; 0: none)")
+    parser.add_argument("--refine", type=int, default=0, metavar="N", help="test-time refinement: optimise each "
+                        "clip's parameters and surfels for N steps from the checkpoint's predictions (refine.py)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.benchmark == "now" and args.baseline == "landmark_fit":
         parser.error("--baseline landmark_fit fits each clip's annotated landmarks: use it with --benchmark synthetic")
     if args.heatmaps < 0:
         parser.error(f"--heatmaps {args.heatmaps}: give a number of clips >= 0")
+    if args.refine < 0 or (args.refine and (args.checkpoint in (None, "mean") or args.benchmark != "synthetic")):
+        parser.error(f"--refine {args.refine}: needs N >= 0, a --checkpoint and --benchmark synthetic (clips)")
     if args.checkpoint not in (None, "mean") and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no such file (a run folder's checkpoint.pt, or `mean`)")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -341,6 +348,12 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(args.checkpoint, args.device, args.flame_path)
         flame, camera, name = model.flame, model.camera, str(args.checkpoint)
         predict = model_predictor(model)
+        if args.refine:  # the checkpoint's own loss weights
+            from .checkpoint import load_checkpoint
+            from .config import config_from_dict
+            from .refine import refining_predictor
+            weights = config_from_dict(load_checkpoint(args.checkpoint)["config"]).loss
+            predict = refining_predictor(model, args.refine, weights)
     out = Path(args.out)
     if args.benchmark == "now":  # sheap_lite/now.py; NoW has no clips: images and the detector's landmarks
         from .now import evaluate_now, markdown_table as table
@@ -351,8 +364,9 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = {"predictor": name, **evaluate_now(predict_now, flame, args.data, size, not args.no_progress)}
     else:
         table = markdown_table
-        metrics = {"predictor": name, **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress,
-                                                           args.heatmaps, out / "heatmaps")}
+        metrics = {"predictor": name, "refine_steps": args.refine,
+                   **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress, args.heatmaps,
+                                        out / "heatmaps")}
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     _write_text(out / "metrics.md", table(metrics))

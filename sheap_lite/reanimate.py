@@ -169,7 +169,7 @@ class Reanimator(nn.Module):
                              "batch's target_mask, or composite='target' / 'none' (see the module docstring)")
         if source.shape != target.shape:
             raise ValueError(f"Reanimator: source {tuple(source.shape)} and target {tuple(target.shape)} differ")
-        batch, size, dtype = source.shape[0], source.shape[-1], self.field.bary.dtype
+        size, dtype = source.shape[-1], self.field.bary.dtype
         if source.dim() != 4 or source.shape[1] != 3 or size != source.shape[-2]:
             raise ValueError(f"Reanimator: images must be square (B,3,S,S) in [0,1], got {tuple(source.shape)}")
 
@@ -179,8 +179,18 @@ class Reanimator(nn.Module):
 
         # the networks run under the caller's autocast (bf16 on CUDA), in one call (what DDP wraps)
         src, tgt, local, sh = self._run_networks[0](source, target, source_view, source_landmarks, target_landmarks)
+        return self.reanimate(src, tgt, local, sh, target, target_mask, composite)
+
+    def reanimate(self, src: FlameParams, tgt: FlameParams, local: SurfelLocal, sh: torch.Tensor,
+                  target: torch.Tensor, target_mask: torch.Tensor | None = None,
+                  composite: str = "mask") -> Reanimation:
+        """Everything after the networks (`forward`): source shape with the target's expression, pose, eyelids and
+        translation → FLAME → surfels → render → composite over `target` (B,3,S,S). src, tgt: FlameParams (B),
+        local: raw SurfelLocal (B,N,...), sh (B,9,3). Test-time refinement (`refine.py`) calls it on optimised
+        parameters instead of the networks' outputs."""
+        batch, size, dtype = target.shape[0], target.shape[-1], self.field.bary.dtype
         src, tgt = src.to(dtype), tgt.to(dtype)
-        with _full_precision(source):  # geometry and rendering in the model's dtype, never bf16
+        with _full_precision(target):  # geometry and rendering in the model's dtype, never bf16
             local, sh = _cast(local, dtype), sh.to(dtype)
             params = tgt.replace(shape=src.shape)
             vertices = self.flame(params).vertices
