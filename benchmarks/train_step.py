@@ -1,0 +1,63 @@
+"""Seconds per training step of each renderer arm, side by side in one run (what the ablation's arms cost).
+
+One forward + backward of `Reanimator` + `reanimation_losses` at a preset's size and batch on synthetic clips, per
+renderer ("2dgs", "mesh", "none"), after one warm-up step, median of `--repeats`; one torch thread.
+
+    python benchmarks/train_step.py --data data/synthetic --preset small --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from sheap_lite.config import PRESETS
+from sheap_lite.data.dataset import ClipPairDataset, batch_landmarks, collate_pairs
+from sheap_lite.flame import FLAME
+from sheap_lite.losses import reanimation_losses
+from sheap_lite.threads import use_threads
+from sheap_lite.train import build_model
+
+
+def step_seconds(config, flame: FLAME, batch: dict, repeats: int) -> float:
+    """Median seconds of one forward + backward of `config`'s model on `batch` (a warm-up step first)."""
+    torch.manual_seed(0)
+    model = build_model(config, flame)
+    times = []
+    for k in range(repeats + 1):
+        start = time.perf_counter()
+        r = model(batch["source_image"], batch["target_image"], batch["target_mask"], config.composite,
+                  **batch_landmarks(batch))
+        reanimation_losses(r, batch, config.loss)["total"].backward()
+        if k:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="a synthetic folder holding train/")
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--renderers", nargs="+", default=["2dgs", "mesh", "none"])
+    args = parser.parse_args()
+    use_threads(1)
+    preset = PRESETS[args.preset]
+    flame = FLAME.load()
+    dataset = ClipPairDataset(f"{args.data}/train", size=preset.model.image_size)
+    batch = collate_pairs([dataset[i] for i in range(preset.batch_size)])
+    print(f"{args.preset}: {preset.model.image_size}², batch {preset.batch_size}, one thread, median of {args.repeats}")
+    reference = None
+    for renderer in args.renderers:
+        config = dataclasses.replace(preset, renderer=renderer)
+        seconds = step_seconds(config, flame, batch, args.repeats)
+        reference = reference or seconds
+        print(f"  {renderer:<5} {seconds:6.2f} s a step ({seconds / reference:.2f}× {args.renderers[0]})")
+
+
+if __name__ == "__main__":
+    main()
