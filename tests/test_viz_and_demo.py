@@ -68,15 +68,39 @@ def test_explorer_sliders_drive_the_mesh(head):
     np.testing.assert_allclose(mesh.z, head(expression=psi).vertices[0, :, 2].numpy(), atol=1e-12)
 
 
-def test_demo_writes_report_and_meshes_that_reload(tmp_path, head):
+def test_quick_demo_runs_every_stage_and_reports_each_with_captions(tmp_path, head):
+    import json
+    import re
+
     import trimesh
 
-    report = run_demo(tmp_path / "demo")
-    assert report.is_file() and "plotly" in report.read_text()[:20000].lower()
-    meshes = sorted((tmp_path / "demo" / "meshes").glob("*.obj"))
-    assert len(meshes) >= 10 and not list((tmp_path / "demo").rglob("*.tmp"))
-    assert len(list((tmp_path / "demo" / "synthetic").glob("clip_*/meta.json"))) == 4, "the ci synthetic set"
-    assert not list((tmp_path / "demo" / "synthetic").glob("*.partial"))
-    neutral = trimesh.load(tmp_path / "demo" / "meshes" / "neutral.obj", process=False)
+    out = tmp_path / "demo"
+    report = run_demo(out, quick=True)
+    page = report.read_text()
+    # every stage's files: data with held-out sets, a checkpoint and its curves, the benchmark, the astronaut
+    assert len(list((out / "synthetic" / "train").glob("clip_*/meta.json"))) == 4
+    assert {p.name for p in (out / "synthetic" / "benchmark").iterdir()} == {"neutral", "expressive"}
+    assert (out / "run" / "checkpoint.pt").is_file()
+    assert {r["split"] for r in map(json.loads, (out / "run" / "metrics.jsonl").read_text().splitlines())} >= {"train"}
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["clips"] == 2 and metrics["neutral"]["model"]["mean_mm"] > 0
+    assert (out / "eval" / "metrics.md").read_text().startswith("Synthetic benchmark")
+    for name in ("params.json", "params.npz", "mesh.obj", "mesh.ply", "crop.png", "overlay.png", "render.png"):
+        assert (out / "infer" / "astronaut" / name).is_file(), name
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.partial*"))
+    # the report: one section per stage, the metric table, the curves, the astronaut, a caption on every figure
+    for heading in ("Synthetic data", "Training", "Evaluation on unseen identities", "Inference on a photo",
+                    "The building blocks"):
+        assert f"<h2>" in page and heading in page, heading
+    assert "<table>" in page and "neutral shape (mm)" in page and "model / mean head" in page
+    assert "Loss curves" in page and '"text":"l1"' in page.replace(" ", "")
+    assert "The astronaut" in page and "predicted identity" in page
+    figures, captions = page.count("<figure>"), page.count("<figcaption>")
+    assert figures >= 10 and captions == figures
+    assert all(len(c) > 80 for c in re.findall(r"<figcaption>(.*?)</figcaption>", page, re.S))
+    assert page.count('"displayModeBar": false') == page.count('class="plotly-graph-div"') == 6, "no mode bar"
+    for stage in ("head model", "data", "train", "evaluate", "infer", "report"):
+        assert f"<td>{stage}</td>" in page, stage
+    neutral = trimesh.load(out / "meshes" / "neutral.obj", process=False)
     np.testing.assert_allclose(neutral.vertices, head.v_template.numpy(), atol=1e-6)
     np.testing.assert_array_equal(neutral.faces, head.faces.numpy())
