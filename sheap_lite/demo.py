@@ -56,8 +56,8 @@ SIZES = {
     # ~1 s a clip, ~0.5-1 s a step on a busy 2-core machine: about 6 min in all (README, "make demo").
     "full": DemoSize(SyntheticConfig(clips=24, frames=8, size=64, benchmark_clips=4), None, steps=300, batch_size=4,
                      log_every=10, eval_every=50),
-    "quick": DemoSize(SyntheticConfig(clips=4, frames=4, size=64, benchmark_clips=1), 1, steps=2, batch_size=4,
-                      log_every=1, eval_every=1),
+    "quick": DemoSize(SyntheticConfig(clips=4, frames=2, size=64, benchmark_clips=1), 1, steps=2, batch_size=4,
+                      log_every=1, eval_every=2),
 }
 
 MARKER = ".sheap_lite_demo"  # written into the output folder: the demo may rewrite a folder holding it

@@ -73,8 +73,8 @@ def render_both(flame: FLAME, size: int = 128):
     vertices = flame().vertices
     colors = torch.as_tensor(head_colors(flame), dtype=dtype)
     sh = ambient_sh(0.55, dtype=dtype) + sh_from_directional_light(torch.tensor([0.4, 0.5, 1.0], dtype=dtype), 1.6)
-    camera = {"viewmats": look_at_viewmat(1.0, batch=1, dtype=dtype), "Ks": intrinsics(size, size, batch=1, dtype=dtype),
-              "width": size, "height": size}
+    camera = {"viewmats": look_at_viewmat(1.0, batch=1, dtype=dtype),
+              "Ks": intrinsics(size, size, batch=1, dtype=dtype), "width": size, "height": size}
     binding = bind_surfels(flame.v_template, flame.faces, per_face=1)
     surfels = rig_surfels(vertices, flame.faces, binding, SurfelLocal.initial(binding, dtype=dtype))
     albedo = binding.interpolate(colors[None], flame.faces)
@@ -118,9 +118,9 @@ def data_section(report, data_dir: Path, config) -> None:
     """One training clip's frames, and one frame of each held-out benchmark set."""
     clip = _first_clip(data_dir / "train")
     report.section("1. Synthetic data", f"{config.clips} training clips and two held-out benchmark sets of "
-                   f"{config.benchmark_clips} clip(s) each, of unseen identities, {config.frames} frames of {config.size}² "
-                   f"each, in <code>synthetic/</code>; every frame stores its true FLAME parameters, mesh, 2D "
-                   f"landmarks and mask (<code>python -m sheap_lite.data.synthetic</code>, docs/data.md).")
+                   f"{config.benchmark_clips} clip(s) each, of unseen identities, {config.frames} frames of "
+                   f"{config.size}² each, in <code>synthetic/</code>; every frame stores its true FLAME parameters, "
+                   f"mesh, 2D landmarks and mask (<code>python -m sheap_lite.data.synthetic</code>, docs/data.md).")
     report.images([(frame, f"frame {i}") for i, frame in enumerate(clip.frames)],
                   f"<b>One training clip</b> (label {clip.meta.get('label')!r}): the built-in head rendered by the "
                   "mesh renderer with hair, neck, shoulders, a background and camera effects. Look for the head "
@@ -150,11 +150,12 @@ def training_section(report, run_dir: Path, config) -> None:
                    "<code>metrics.jsonl</code>, <code>tb/</code> (<code>tensorboard --logdir run</code>).")
     report.plot(metrics_figure(records, terms=("l1", "dssim", "landmarks", "total"), height=320),
                 f"<b>Loss curves</b> (log scale): blue, the training mean every {config.log_every} steps; red, "
-                f"the held-out identities every {config.eval_every} steps. Held out: {_change(records, 'l1')}, "
-                f"{_change(records, 'landmarks')}. Look for the photometric terms (L1, D-SSIM) falling as the "
-                "networks learn to re-render the head, and the held-out curve following the training one (no "
-                "over-fitting). A run this short learns appearance first; geometry needs far more steps (see "
-                "docs/benchmarks.md, the learning proof).")
+                f"the held-out identities every {config.eval_every} steps ({_change(records, 'l1')}, "
+                f"{_change(records, 'landmarks')}). Look for the training L1 and D-SSIM falling as the networks "
+                "learn to re-render the head, the held-out landmark error falling as they learn to place it on "
+                "faces they have not seen, and the gap between training and held-out L1: appearance learnt from "
+                "a few identities carries over to new ones only in part. A run this short learns appearance and "
+                "placement, not geometry (docs/benchmarks.md, the learning proof).")
 
 
 def _ratio(metrics: dict, measure: str, unit: str) -> str:
@@ -228,11 +229,12 @@ def inference_section(report, model, folder: Path | None, why_not: str) -> None:
     with torch.no_grad():
         identity = model.flame(shape=torch.as_tensor(params["shape"], dtype=torch.float32)[None]).vertices[0].cpu()
     report.plot(heads_scene([posed - translation, identity], model.flame.faces,
-                           ["predicted head (pose and expression)", "predicted identity (neutral, zero pose)"],
+                           ["as posed in the photo", "identity alone"],
                            cols=2, vertex_colors=head_colors(model.flame), cell_height=420),
                 "<b>The astronaut's predicted head in 3D</b> (from <code>infer/astronaut/mesh.obj</code> and "
-                "<code>params.npz</code>, drag to rotate): left as posed in the photo, right the identity alone. "
-                "Look at the head's turn and the mouth.")
+                "<code>params.npz</code>, drag to rotate): left with the predicted pose and expression, right the "
+                "predicted identity alone (zero expression and pose). Look at the head's turn, the mouth and the "
+                "eyelids, and at the face's proportions.")
 
 
 def head_model_section(report, flame: FLAME, figures: dict) -> None:
