@@ -53,7 +53,7 @@ class DemoSize:
 
 
 SIZES = {
-    # ~1 s a clip, ~0.5-1 s a step on a busy 2-core machine: about 6 min in all (README, "make demo").
+    # ~1 s a clip, 0.5-0.8 s a step on the busy 2-core machine: 3-5 min in all (measured: README, "make demo").
     "full": DemoSize(SyntheticConfig(clips=24, frames=8, size=64, benchmark_clips=4), None, steps=300, batch_size=4,
                      log_every=10, eval_every=50),
     "quick": DemoSize(SyntheticConfig(clips=4, frames=2, size=64, benchmark_clips=1), 1, steps=2, batch_size=4,
@@ -179,7 +179,6 @@ def run(out_dir: Path, flame_path: str | None = None, quick: bool = False) -> Pa
         shutil.rmtree(out_dir / name, ignore_errors=True)
     size = SIZES["quick" if quick else "full"]
     stages = Stages(("head model", "data", "train", "evaluate", "infer", "report"))
-    report = Report("sheap_lite demo", "")
     with stages("head model", "figures of the head model and of both renderers"):
         flame = FLAME.load(flame_path)
         detail, grid = head_model_figures(flame, out_dir / "meshes")
@@ -201,9 +200,10 @@ def run(out_dir: Path, flame_path: str | None = None, quick: bool = False) -> Pa
         astronaut, why_not = infer_astronaut(out_dir / "run" / "checkpoint.pt", out_dir)
     with stages("report", f"{out_dir / 'index.html'}"):
         quick_note = "<b>--quick</b> sizes (plumbing only: nothing is learnt in two steps); " if quick else ""
-        report.intro = (f"SHeaP in miniature on the {flame.name}: {quick_note}synthetic data, a short training run, "
-                        "the benchmark on unseen identities and inference on a photo, all on this machine's CPU. "
-                        "Drag a 3D view to rotate it, scroll to zoom, double-click to reset. Seconds per stage:")
+        report = Report("sheap_lite demo", f"SHeaP in miniature on the {flame.name}: {quick_note}synthetic data, a "
+                        "short training run, the benchmark on unseen identities and inference on a photo, all on "
+                        "this machine's CPU. Drag a 3D view to rotate it, scroll to zoom, double-click to reset. "
+                        "Seconds per stage:")
         data_section(report, data_dir, data)
         training_section(report, out_dir / "run", config)
         evaluation_section(report, model, data_dir, metrics, table)
