@@ -1,57 +1,75 @@
-"""`python -m sheap_lite.demo` (`make demo`): the project's main job, end to end, on the built-in head.
+"""`python -m sheap_lite.demo [--out runs/demo] [--quick]` (`make demo`): the whole method, end to end, on the
+built-in head (or your FLAME via $SHEAP_FLAME_PATH), on a CPU.
 
-Today: the head model (the built-in head, or your FLAME via $SHEAP_FLAME_PATH) at named expressions, jaw/neck/eye
-poses and random identities; the same head rendered by both renderers (2D Gaussian surfels and the soft mesh
-rasteriser) with their depth and normal maps; and a small synthetic training set (the `ci` preset), all written
-to `runs/demo/` as an interactive HTML report, meshes (.obj) and clip folders. It grows with the project
-(synthetic data → training → evaluation → inference → report).
+Stages, each announced as `demo [k/6] NAME: ...` with the seconds it took:
+1. head model: the head at named expressions, jaw/neck/eye poses and random identities (meshes in `meshes/`),
+   and the same head rendered by both renderers (2D Gaussian surfels and the soft mesh rasteriser);
+2. data: synthetic talking-head clips with ground truth (`synthetic/train`) and two held-out benchmark sets of
+   unseen identities (`synthetic/benchmark/{neutral,expressive}`), `data.synthetic.generate_splits`;
+3. train: a short run of the real training loop (`train.train`, the `ci` preset's networks) into `run/`
+   (`checkpoint.pt`, `metrics.jsonl`, TensorBoard logs);
+4. evaluate: the synthetic benchmark on the held-out identities against the mean head (`evaluate`), into
+   `eval/metrics.json` and `eval/metrics.md`;
+5. infer: the trained model on `skimage.data.astronaut()` through `python -m sheap_lite.infer`'s `main`, into
+   `infer/astronaut/` (FLAME parameters, meshes, crop, overlay, surfel render);
+6. report: `index.html`, every figure captioned (`demo_report.py`).
+
+`--quick` shrinks every stage (a few clips, two training steps) so the whole path runs in seconds: the unit
+test's size, which shows that the plumbing works, not that anything is learned. A rerun into the same folder
+replaces what an earlier demo wrote there (keeping synthetic clips made with the same settings); a folder the demo
+did not write is refused before any work (`check_out_dir`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shutil
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from .data.synthetic import SyntheticConfig
 from .flame import FLAME
-from .outputs import write_atomic, write_mesh
-from .viz import head_colors, head_figure, heads_grid, image_figure
+from .outputs import write_atomic, write_json, write_png
 
-EXPRESSIONS = ("jawOpen", "mouthSmileLeft", "mouthSmileRight", "mouthPucker", "browInnerUp", "eyeBlinkLeft")
+__all__ = ["DemoSize", "SIZES", "MARKER", "check_out_dir", "Stages", "run", "main"]
 
 
-def _poses(flame: FLAME) -> dict[str, dict[str, torch.Tensor]]:
-    """Named parameter sets: neutral, named expressions, joint rotations and two random identities."""
-    dtype = flame.v_template.dtype
-    names = flame.expression_names or [f"expression {i}" for i in range(flame.n_expression)]
-    shown = [e for e in EXPRESSIONS if e in names] or names[: len(EXPRESSIONS)]
-    cases: dict[str, dict[str, torch.Tensor]] = {"neutral": {}}
-    for name in shown:
-        psi = torch.zeros(1, flame.n_expression, dtype=dtype)
-        psi[0, names.index(name)] = 1.0
-        cases[name] = {"expression": psi}
-    for label, joint, axis_angle in (("jaw open", 2, (0.3, 0.0, 0.0)), ("head turned", 1, (0.0, 0.5, 0.0)),
-                                     ("eyes turned", slice(3, 5), (0.0, 0.35, 0.0))):
-        pose = torch.zeros(1, 5, 3, dtype=dtype)
-        pose[0, joint] = torch.tensor(axis_angle, dtype=dtype)
-        cases[label] = {"pose": pose}
-    generator = torch.Generator().manual_seed(0)
-    for i in range(2):
-        cases[f"identity {i}"] = {"shape": torch.randn(1, flame.n_shape, generator=generator, dtype=dtype)}
-    return cases
+@dataclass(frozen=True)
+class DemoSize:
+    """How much each stage does: the synthetic set (`data`, written by `data_workers` processes, None = all cores),
+    the training run (steps of `batch_size`, a training record every `log_every` steps, a held-out evaluation every
+    `eval_every`)."""
 
+    data: SyntheticConfig
+    data_workers: int | None
+    steps: int
+    batch_size: int
+    log_every: int
+    eval_every: int
+
+
+SIZES = {
+    # ~1 s a clip, 0.5-0.8 s a step on the busy 2-core machine: 3-5 min in all (measured: README, "make demo").
+    "full": DemoSize(SyntheticConfig(clips=24, frames=8, size=64, benchmark_clips=4), None, steps=300, batch_size=4,
+                     log_every=10, eval_every=50),
+    "quick": DemoSize(SyntheticConfig(clips=4, frames=2, size=64, benchmark_clips=1), 1, steps=2, batch_size=4,
+                      log_every=1, eval_every=2),
+}
 
 MARKER = ".sheap_lite_demo"  # written into the output folder: the demo may rewrite a folder holding it
-_TITLE = "<title>sheap_lite demo</title>"
+OWNED = ("run", "eval", "infer", "inputs", "meshes")  # sub-folders a rerun replaces (synthetic/ is resumable)
 
 
 def _written_by_demo(out_dir: Path) -> bool:
     """The folder holds the marker, or (written before the marker existed) a demo report."""
+    from .demo_report import PAGE_TITLE
+
     report = out_dir / "index.html"
-    return (out_dir / MARKER).exists() or (report.is_file() and _TITLE in report.read_text(errors="replace")[:200])
+    return (out_dir / MARKER).exists() or (report.is_file() and PAGE_TITLE in report.read_text(errors="replace")[:200])
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -71,90 +89,143 @@ def check_out_dir(out_dir: Path) -> None:
                          "folder, e.g. --out runs/demo.") from None
 
 
-def render_both(flame: FLAME, size: int = 128):
-    """The template rendered with 2DGS surfels and with the mesh rasteriser (same camera, light and colours).
+class Stages:
+    """Announces each stage (`demo [k/n] name: what`) and records the seconds it took in `seconds`; `running()`:
+    the seconds since the current stage began."""
 
-    Returns a plotly figure of rgb, depth and normal maps for both, and the two `alpha` maps (1,size,size).
-    """
-    from .camera import intrinsics, look_at_viewmat
-    from .gaussians import SurfelLocal, ambient_sh, bind_surfels, rig_surfels, shade, sh_from_directional_light
-    from .render import render_2dgs, render_mesh
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names, self.seconds, self._start = names, {}, time.perf_counter()
 
-    dtype = flame.v_template.dtype
-    vertices = flame().vertices
-    colors = torch.as_tensor(head_colors(flame), dtype=dtype)
-    sh = ambient_sh(0.55, dtype=dtype) + sh_from_directional_light(torch.tensor([0.4, 0.5, 1.0], dtype=dtype), 1.6)
-    camera = {"viewmats": look_at_viewmat(1.0, batch=1, dtype=dtype), "Ks": intrinsics(size, size, batch=1, dtype=dtype),
-              "width": size, "height": size}
-    binding = bind_surfels(flame.v_template, flame.faces, per_face=1)
-    surfels = rig_surfels(vertices, flame.faces, binding, SurfelLocal.initial(binding, dtype=dtype))
-    albedo = binding.interpolate(colors[None], flame.faces)
-    splat = render_2dgs(surfels.means, surfels.quats, surfels.scales, surfels.opacities,
-                        shade(albedo, surfels.normals, sh[None]), backend="auto", **camera)
-    mesh = render_mesh(vertices, flame.faces, vertex_colors=colors[None], sh=sh[None], **camera)
-    images = [splat.rgb[0], splat.depth[0], splat.normal[0], mesh.rgb[0], mesh.depth[0], mesh.normal[0]]
-    kinds = ["rgb", "map", "normal"] * 2
-    titles = ["2DGS rgb", "2DGS expected depth (m)", "2DGS normal", "mesh rgb", "mesh depth (m)", "mesh normal"]
-    depth_range = (0.85, 1.1)
-    figure = image_figure([i.detach() for i in images], titles, cols=3, kinds=kinds,
-                          zrange=[None, depth_range, None] * 2, cell_px=260)
-    return figure, splat.alpha[0].detach(), mesh.alpha[0].detach()
+    def running(self) -> float:
+        return time.perf_counter() - self._start
+
+    @contextmanager
+    def __call__(self, name: str, what: str):
+        k = self.names.index(name) + 1
+        print(f"demo [{k}/{len(self.names)}] {name}: {what} ...", flush=True)
+        self._start = time.perf_counter()
+        yield
+        self.seconds[name] = self.running()
+        print(f"demo [{k}/{len(self.names)}] {name}: done in {self.seconds[name]:.1f} s", flush=True)
 
 
-def run(out_dir: Path, flame_path: str | None = None) -> Path:
-    """Write the demo report and meshes to `out_dir` (checked first by `check_out_dir`); returns the report's path."""
-    start = time.perf_counter()
+def make_data(data_dir: Path, config: SyntheticConfig, workers: int | None = None) -> dict:
+    """The synthetic training clips and benchmark sets (`generate_splits`, resumable); a folder made with other
+    settings (an earlier demo of the other size) is the demo's own: it is replaced."""
+    from .data.jobs import SettingsMismatch
+    from .data.synthetic import generate_splits
+
+    try:
+        return generate_splits(data_dir, config, workers=workers)
+    except SettingsMismatch:
+        shutil.rmtree(data_dir)
+        return generate_splits(data_dir, config, workers=workers)
+
+
+def train_config(size: DemoSize, data_dir: Path):
+    """The `ci` training preset (64², tiny CNN, landmark input) with the demo's steps and data."""
+    from .config import PRESETS
+
+    preset = PRESETS["ci"]
+    return dataclasses.replace(preset, data=dataclasses.replace(preset.data, roots=(str(data_dir),)),
+                               optim=dataclasses.replace(preset.optim, warmup=min(20, size.steps)),
+                               steps=size.steps, batch_size=size.batch_size, log_every=size.log_every,
+                               eval_every=size.eval_every, ckpt_every=size.steps, image_every=0)
+
+
+def evaluate_model(model, data_dir: Path, eval_dir: Path) -> tuple[dict, str]:
+    """The synthetic benchmark of `model` on the held-out sets → (metrics, markdown table), both written to
+    `eval_dir` (metrics.json, metrics.md) as `python -m sheap_lite.evaluate` writes them."""
+    from .evaluate import evaluate_synthetic, markdown_table, model_predictor
+
+    metrics = {"predictor": "the demo's model (run/checkpoint.pt)",
+               **evaluate_synthetic(model_predictor(model), model.flame, data_dir, model.camera)}
+    table = markdown_table(metrics)
+    eval_dir.mkdir(exist_ok=True)
+    write_json(eval_dir / "metrics.json", metrics)
+    write_atomic(eval_dir / "metrics.md", table)
+    return metrics, table
+
+
+def infer_astronaut(checkpoint: Path, out_dir: Path) -> tuple[Path | None, str]:
+    """`python -m sheap_lite.infer` on `skimage.data.astronaut()` (written to `inputs/astronaut.png`) with
+    --render → (its output folder, "") or (None, why not: no face landmarker installed, no face found)."""
+    from skimage import data as skdata
+
+    from .data.face_landmarks import available
+    from .infer import main as infer_main
+
+    ok, why = available()
+    if not ok:
+        return None, f"face landmarks unavailable: {why}"
+    (out_dir / "inputs").mkdir(exist_ok=True)
+    image = write_png(out_dir / "inputs" / "astronaut.png", skdata.astronaut())
+    status = infer_main([str(image), "--checkpoint", str(checkpoint), "--out", str(out_dir / "infer"), "--render",
+                         "--overwrite"])
+    folder = out_dir / "infer" / "astronaut"
+    return (folder, "") if status == 0 and folder.is_dir() else (None, "inference found no face (see the log)")
+
+
+def run(out_dir: Path, flame_path: str | None = None, quick: bool = False) -> Path:
+    """Run every stage into `out_dir` (checked first by `check_out_dir`); returns the report's path."""
+    from .demo_report import Report
+    from .demo_sections import (data_section, evaluation_section, head_model_figures, head_model_section,
+                                inference_section, render_both, training_section)
+    from .evaluate import load_model
+    from .train import train
+
     check_out_dir(out_dir)
-    flame = FLAME.load(flame_path)
-    (out_dir / "meshes").mkdir(exist_ok=True)
-    cases = _poses(flame)
-    heads = []
-    with torch.no_grad():
-        for label, params in cases.items():
-            vertices = flame(**params).vertices[0]
-            heads.append(vertices)
-            write_mesh(out_dir / "meshes" / f"{label.replace(' ', '_')}.obj", vertices, flame.faces)
-        landmarks = flame().landmarks[0]
-    colors = head_colors(flame)
-    grid = heads_grid(heads, flame.faces, list(cases), cols=4, vertex_colors=colors)
-    detail = head_figure(heads[0], flame.faces, vertex_colors=colors, landmarks=landmarks,
-                         title=f"{flame.name}: template with {flame.n_landmarks} landmarks (hover for indices)")
-    with torch.no_grad():
+    for name in OWNED:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    size = SIZES["quick" if quick else "full"]
+    stages = Stages(("head model", "data", "train", "evaluate", "infer", "report"))
+    with stages("head model", "figures of the head model and of both renderers"):
+        flame = FLAME.load(flame_path)
+        detail, grid = head_model_figures(flame, out_dir / "meshes")
         renders, splat_alpha, mesh_alpha = render_both(flame)
-    agree = ((splat_alpha > 0.5) == (mesh_alpha > 0.5)).double().mean().item()
-    print(f"demo: 2DGS and mesh silhouettes agree on {100 * agree:.1f} % of pixels")
-
-    from .data.clip_format import list_clips, load_clip
-    from .data.synthetic import PRESETS, generate_dataset
-
+        agree = ((splat_alpha > 0.5) == (mesh_alpha > 0.5)).double().mean().item()
+        print(f"demo: 2DGS and mesh silhouettes agree on {100 * agree:.1f} % of pixels")
     data_dir = out_dir / "synthetic"
-    stats = generate_dataset(data_dir, PRESETS["ci"], workers=1, progress=False)
-    clip = load_clip(list_clips(data_dir)[0])
-    strip = image_figure([torch.from_numpy(f).permute(2, 0, 1) / 255.0 for f in clip.frames],
-                         [f"frame {i}" for i in range(len(clip.frames))], cols=len(clip.frames), cell_px=160)
-    print(f"demo: synthetic set ({stats['written']} clips written, {stats['skipped']} already there) in {data_dir}")
-
-    report = out_dir / "index.html"
-    figures = (detail, grid, renders, strip)
-    body = "\n".join(fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures))
-    write_atomic(report, f"<html><head><meta charset='utf-8'>{_TITLE}</head><body>"
-                       f"<h1>sheap_lite demo</h1><p>Head model: {flame.name}. Drag to rotate; meshes in "
-                       f"<code>meshes/</code>; the synthetic clips in <code>synthetic/</code> (first clip, label "
-                       f"{clip.meta.get('label')!r}, at the bottom).</p>{body}</body></html>")
-    print(f"demo: finished in {time.perf_counter() - start:.1f} s → {report}")
-    return report
+    data = dataclasses.replace(size.data, flame_path=flame_path)
+    with stages("data", f"{data.clips} training clips and 2 × {data.benchmark_clips} held-out benchmark clips, "
+                        f"{data.frames} frames of {data.size}² each, in {data_dir}"):
+        make_data(data_dir, data, size.data_workers)
+    config = dataclasses.replace(train_config(size, data_dir), flame_path=flame_path)
+    with stages("train", f"{config.steps} steps of batch {config.batch_size} into {out_dir / 'run'}"):
+        train(config, out_dir / "run")
+        model = load_model(out_dir / "run" / "checkpoint.pt", flame_path=flame_path)
+    with stages("evaluate", "the synthetic benchmark on held-out identities, model against the mean head"):
+        metrics, table = evaluate_model(model, data_dir, out_dir / "eval")
+    with stages("infer", "the trained model on skimage.data.astronaut()"):
+        astronaut, why_not = infer_astronaut(out_dir / "run" / "checkpoint.pt", out_dir)
+    with stages("report", f"{out_dir / 'index.html'}"):
+        quick_note = "<b>--quick</b> sizes (plumbing only: nothing is learnt in two steps); " if quick else ""
+        report = Report("sheap_lite demo", f"SHeaP in miniature on the {flame.name}: {quick_note}synthetic data, a "
+                        "short training run, the benchmark on unseen identities and inference on a photo, all on "
+                        "this machine's CPU. Drag a 3D view to rotate it, scroll to zoom, double-click to reset. "
+                        "Seconds per stage:")
+        data_section(report, data_dir, data)
+        training_section(report, out_dir / "run", config)
+        evaluation_section(report, model, data_dir, metrics, table)
+        inference_section(report, model, astronaut, why_not)
+        head_model_section(report, flame, dict(detail=detail, grid=grid, renders=renders, agree=agree))
+        path = report.write(out_dir / "index.html", {**stages.seconds, "report": stages.running()})
+    total = sum(stages.seconds.values())
+    print(f"demo: finished in {total:.1f} s → {path}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     parser.add_argument("--flame", default=None, help="FLAME .pkl (default: $SHEAP_FLAME_PATH, else built-in head)")
+    parser.add_argument("--quick", action="store_true", help="shrink every stage (seconds; plumbing only)")
     args = parser.parse_args(argv)
     try:
         check_out_dir(args.out)
     except ValueError as error:
         parser.error(str(error))
-    run(args.out, args.flame)
+    run(args.out, args.flame, quick=args.quick)
     return 0
 
 

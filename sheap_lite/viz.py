@@ -121,6 +121,38 @@ def heads_grid(heads: Sequence, faces, titles: Sequence[str] | None = None, cols
     return fig
 
 
+def heads_scene(heads: Sequence, faces, titles: Sequence[str] | None = None, cols: int = 4,
+                vertex_colors=None, cell_height: int = 300) -> go.Figure:
+    """Several heads (each (V,3), centred near the origin) laid out in a grid inside ONE 3D scene, seen from the
+    front from afar (little perspective between them), titles above them; dragging turns them all together.
+    One WebGL context per figure where `heads_grid` takes one per head: browsers keep about 16 alive per page and
+    blank the oldest, so a report with many heads uses this. Each head is about `cell_height` px tall."""
+    heads = [_np(h) for h in heads]
+    cols = max(1, min(int(cols), len(heads)))
+    rows = (len(heads) + cols - 1) // cols
+    half_x = max(np.abs(h[:, 0]).max() for h in heads) * 1.1  # half a cell's width and height
+    half_y = max(np.abs(h[:, 1]).max() for h in heads) * 1.2
+    traces, annotations = [], []
+    for n, head in enumerate(heads):
+        offset = np.array([(2 * (n % cols) - cols + 1) * half_x, (rows - 1 - 2 * (n // cols)) * half_y, 0.0])
+        traces.append(mesh_trace(head + offset, faces, vertex_colors, name=titles[n] if titles else "mesh"))
+        if titles:
+            annotations.append(dict(x=offset[0], y=offset[1] + 0.92 * half_y, z=0.0, text=titles[n],
+                                    showarrow=False, font=dict(size=13, color="#2a3f5f")))
+    # plotly scales a scene to the figure's height: the box's height over the rows keeps one cell_height per row
+    height = 2 * half_y * rows
+    depth = max(np.ptp(h[:, 2]) for h in heads)
+    scale = 3.3 / height
+    axis = dict(visible=False)
+    camera = dict(eye=dict(x=0.0, y=0.0, z=4.0), up=dict(x=0.0, y=1.0, z=0.0))  # far: heads side by side look alike
+    fig = go.Figure(traces)
+    fig.update_layout(scene=dict(xaxis=axis, yaxis=axis, zaxis=axis, aspectmode="manual", camera=camera,
+                                 aspectratio=dict(x=scale * 2 * half_x * cols, y=scale * height, z=scale * depth),
+                                 annotations=annotations),
+                      height=rows * cell_height, margin=dict(l=0, r=0, t=0, b=0))
+    return fig
+
+
 def flame_explorer(flame, n_shape: int = 3, expressions: Sequence[str] = ("jawOpen", "mouthSmileLeft",
                    "mouthSmileRight", "browInnerUp", "eyeBlinkLeft", "eyeBlinkRight"), height: int = 520):
     """Sliders for identity, expression, jaw/neck/eye pose driving a live plotly head (an ipywidgets box).
