@@ -50,6 +50,7 @@ from .data.clip_format import Clip, list_clips, load_clip
 from .flame import FLAME
 from .metrics import NOW_LANDMARKS, error_summary, now_crop_sphere, vertex_errors
 from .networks import DATA_FRAMING_TRANSLATION, landmark_input
+from .outputs import write_atomic
 from .params import FlameParams
 
 __all__ = ["Predictor", "load_model", "model_predictor", "mean_head_params", "mean_head_predictor", "face_region",
@@ -293,16 +294,6 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary file: an interrupted run never leaves half a report."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sheap_lite.evaluate", description=__doc__.split("\n\n")[0])
     chosen = parser.add_mutually_exclusive_group(required=True)
@@ -368,8 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
                    **evaluate_synthetic(predict, flame, args.data, camera, not args.no_progress, args.heatmaps,
                                         out / "heatmaps")}
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    _write_text(out / "metrics.md", table(metrics))
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_atomic(out / "metrics.md", table(metrics))
     print(table(metrics))
     return metrics
 
