@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PYTEST_OK = rc=$$?; if [ $$rc -eq 5 ]; then echo "(no tests collected: ok)"; rc=0; fi; exit $$rc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-full lab doctor strip clean
+.PHONY: help setup demo test test-full lab docs doctor strip clean
 
 help:
 	@echo "sheap_lite make targets:"
@@ -20,10 +20,12 @@ help:
 	@echo "  make test    what CI runs: unit tests without the slow ones, then every notebook at CI sizes (SHEAP_LITE_CI=1)"
 	@echo "  make test-full  every unit test (slow ones too), then every notebook at full size"
 	@echo "  make lab     open JupyterLab on notebooks/"
+	@echo "  make docs    execute every notebook (CI sizes) into static HTML in docs/course/ (not committed)"
 	@echo "  make doctor  report what is installed and found (CUDA, gsplat, FLAME file, ...) and how to fix it"
 	@echo "  make strip   remove outputs and execution counts from notebooks/*.ipynb (nbstripout)"
 	@echo "  make clean   remove runs/ and caches (keeps .venv)"
-	@echo "Variables: PYTHON=$(PYTHON) (used to create .venv), PYTEST_ARGS=... (extra arguments for the unit-test run)"
+	@echo "Variables: PYTHON=$(PYTHON) (used to create .venv), PYTEST_ARGS=... (extra arguments for the unit-test run),"
+	@echo "  DOCS_ENV='env -u SHEAP_LITE_CI' (make docs at full size)"
 
 # The stamp is newer than both files once an install succeeded, so a second `make setup` does nothing,
 # and editing requirements.txt or pyproject.toml reinstalls. torch is pinned first in requirements.txt and
@@ -60,6 +62,16 @@ test-full: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
+# The course as static HTML, readable without a kernel: each notebook executed, plotly figures embedded with
+# plotly.js inlined once per page (the "notebook" renderer: works offline, no CDN). The slider explorers are live
+# widgets: not stored (they need a kernel). docs/course/ is a build output, ignored by git.
+DOCS_ENV ?= SHEAP_LITE_CI=1
+docs: setup
+	mkdir -p docs/course
+	$(DOCS_ENV) PLOTLY_RENDERER=plotly_mimetype+notebook $(VENV)/bin/jupyter nbconvert --to html --execute \
+		--ExecutePreprocessor.store_widget_state=False --output-dir docs/course notebooks/*.ipynb
+	@ls -l docs/course/*.html
+
 # The doctor must run even when set-up failed, so it does not depend on `setup`: it uses .venv if present.
 doctor:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m sheap_lite.doctor
@@ -70,5 +82,5 @@ strip: setup
 	else echo "no notebooks to strip"; fi
 
 clean:
-	rm -rf runs/ .pytest_cache/ .ipynb_checkpoints/ notebooks/.ipynb_checkpoints/ build/ dist/
+	rm -rf runs/ .pytest_cache/ .ipynb_checkpoints/ notebooks/.ipynb_checkpoints/ build/ dist/ docs/course/
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

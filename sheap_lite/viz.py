@@ -90,10 +90,11 @@ def _scene(extent: float) -> dict:
 
 
 def head_figure(vertices, faces, vertex_colors=None, landmarks=None, joints=None, joint_names=None,
-                title: str | None = None, height: int = 500) -> go.Figure:
-    """One head, seen from the front, with optional landmarks (L,3) and joints (J,3) (hover shows names)."""
+                title: str | None = None, height: int = 500, opacity: float = 1.0) -> go.Figure:
+    """One head, seen from the front, with optional landmarks (L,3) and joints (J,3) (hover shows names); an
+    opacity below 1 lets points inside the head (the joints) show through the mesh."""
     v = _np(vertices)
-    traces = [mesh_trace(v, faces, vertex_colors)]
+    traces = [mesh_trace(v, faces, vertex_colors, opacity=opacity)]
     if landmarks is not None:  # drawn 1.5 mm towards the camera (+z) so the surface does not hide them
         traces.append(points_trace(_np(landmarks) + [0.0, 0.0, 0.0015], name="landmark"))
     if joints is not None:
@@ -155,7 +156,8 @@ def heads_scene(heads: Sequence, faces, titles: Sequence[str] | None = None, col
 
 def flame_explorer(flame, n_shape: int = 3, expressions: Sequence[str] = ("jawOpen", "mouthSmileLeft",
                    "mouthSmileRight", "browInnerUp", "eyeBlinkLeft", "eyeBlinkRight"), height: int = 520):
-    """Sliders for identity, expression, jaw/neck/eye pose driving a live plotly head (an ipywidgets box).
+    """Sliders for identity, expression, jaw/neck/eye pose driving a live plotly head (an ipywidgets box); the
+    head is redrawn when a slider is released, not while it is dragged.
 
     `flame` is a `FLAME` module; expressions are named for the built-in head (FLAME's own basis is unnamed:
     its first components are used instead). Returns `ipywidgets.HBox(sliders, figure)`; the figure is
@@ -170,7 +172,7 @@ def flame_explorer(flame, n_shape: int = 3, expressions: Sequence[str] = ("jawOp
     sliders.update({e: (0.0, 1.0) if flame.expression_names else (-2.0, 2.0) for e in shown})
     sliders.update({"jaw open (rad)": (0.0, 0.4), "neck turn (rad)": (-0.8, 0.8), "eyes turn (rad)": (-0.5, 0.5)})
     controls = {name: widgets.FloatSlider(value=0.0, min=lo, max=hi, step=(hi - lo) / 40, description=name,
-                                          continuous_update=True, style={"description_width": "120px"})
+                                          continuous_update=False, style={"description_width": "120px"})
                 for name, (lo, hi) in sliders.items()}
     template = flame().vertices[0].detach()
     figure = go.FigureWidget(head_figure(template, flame.faces, vertex_colors=head_colors(flame), height=height))

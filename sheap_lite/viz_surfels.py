@@ -115,7 +115,7 @@ def surfels_explorer(flame, binding, local, ambient: float = 0.35, directional: 
     ranges.update({"jaw pose (rad)": (0.0, 0.4), "neck turn (rad)": (-0.8, 0.8),
                    "light azimuth (deg)": (-90.0, 90.0), "light elevation (deg)": (-60.0, 60.0)})
     controls = {name: widgets.FloatSlider(value=0.0, min=lo, max=hi, step=(hi - lo) / 40, description=name,
-                                          continuous_update=True, style={"description_width": "130px"})
+                                          continuous_update=False, style={"description_width": "130px"})
                 for name, (lo, hi) in ranges.items()}
     controls["light elevation (deg)"].value = 30.0
     dtype = flame.v_template.dtype

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from .viz import _np
@@ -46,8 +47,10 @@ class LiveFigure:
         except ImportError:  # pragma: no cover - IPython ships with the notebook extras
             get_ipython = None
         if get_ipython is not None and get_ipython() is not None:
-            # the mime bundle, not the figure: a plotly figure displays itself and would ignore the display id
-            bundle = fig._repr_mimebundle_()
+            # the mime bundle, not the figure: a plotly figure displays itself and would ignore the display id.
+            # Built for the default renderers (activated once): fig._repr_mimebundle_() re-activates them on every
+            # call, which under the "notebook" renderer (`make docs`) inlines plotly.js (~5 MB) once per redraw.
+            bundle = pio.renderers._build_mime_bundle(fig.to_dict())
             if self.handle is None:
                 self.handle = display(bundle, raw=True, display_id=True)
             else:

@@ -64,3 +64,25 @@ def test_follow_run_returns_the_result_redraws_and_reraises():
 
     with pytest.raises(RuntimeError, match="boom"):
         follow_run(fails, lambda: [], lambda r: None, poll=0.01)
+
+
+def test_live_figure_inlines_plotly_js_once_under_the_notebook_renderer(monkeypatch):
+    """`make docs` renders with "plotly_mimetype+notebook": plotly.js (~5 MB) must be embedded once per notebook,
+    not once per redraw (plotly's `_repr_mimebundle_` re-activates the renderers on every call)."""
+    import plotly.io as pio
+    from IPython.core.displaypub import CapturingDisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    monkeypatch.setattr(shell, "display_pub", CapturingDisplayPublisher())
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype+notebook")
+    try:
+        live = LiveFigure()
+        for _ in range(3):
+            live.update(image_figure([np.zeros((4, 4))]))
+        html = [out["data"].get("text/html", "") for out in shell.display_pub.outputs]
+        assert live.updates == 3 and live.handle is not None
+        assert sum("plotly.js v" in h for h in html) == 1, "plotly.js inlined once"
+        assert sum("Plotly.newPlot" in h for h in html) == 3, "each redraw is a figure"
+    finally:
+        InteractiveShell.clear_instance()
