@@ -11,6 +11,7 @@ import torch
 from render_scenes import SCENES, _renderer, assert_images_close, make_scene, ref_of, render_args
 
 from sheap_lite.render import kernel
+from sheap_lite.threads import single_thread, use_threads
 
 INPUTS = ("means", "quats", "scales", "opacities", "colors", "viewmats")
 REPO = Path(__file__).resolve().parents[1]
@@ -90,14 +91,10 @@ def test_any_tile_size_matches_the_reference_and_the_pytorch_gradients(tile_size
 def test_threads_change_neither_images_nor_gradients():
     _needs_kernel()
     scene = make_scene(**SCENES["dense_300"])
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with single_thread():  # restores the thread count afterwards
         one, grads_one = _render_with_grads(scene, tile_size=4)
-        torch.set_num_threads(3)  # more workers than cores is allowed: each sums into its own buffer
+        use_threads(3)  # more workers than cores is allowed: each sums into its own buffer
         three, grads_three = _render_with_grads(scene, tile_size=4)
-    finally:
-        torch.set_num_threads(threads)
     for name in ("rgb", "alpha", "depth", "normal", "distortion", "depth_median"):
         assert torch.equal(getattr(one, name), getattr(three, name)), name  # each pixel is one worker's
     for name in INPUTS:
