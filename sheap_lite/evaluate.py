@@ -53,7 +53,7 @@ from .networks import DATA_FRAMING_TRANSLATION, landmark_input
 from .outputs import write_atomic
 from .params import FlameParams
 
-__all__ = ["Predictor", "load_model", "model_predictor", "mean_head_params", "mean_head_predictor", "face_region",
+__all__ = ["Predictor", "clip_images", "load_model", "model_predictor", "mean_head_params", "mean_head_predictor", "face_region",
            "true_params", "benchmark_sets", "ClipErrors", "clip_errors", "measure_clip", "evaluate_synthetic",
            "markdown_table", "main"]
 
@@ -80,6 +80,11 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     model = build_model(config, flame).to(device)
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def clip_images(clip: Clip, device: str | torch.device | None = None) -> torch.Tensor:
+    """A loaded clip's frames as the networks take them: (T,3,S,S) float in [0,1]."""
+    return torch.from_numpy(clip.frames).to(device).permute(0, 3, 1, 2).float() / 255
 
 
 def mean_head_params(batch: int, n_shape: int, n_expression: int, like: torch.Tensor) -> FlameParams:
@@ -178,7 +183,7 @@ def clip_errors(predict: Predictor, flame: FLAME, camera: CameraConfig, clip: Cl
     device = flame.v_template.device
     true = true_params(clip).to(device)
     frames = len(true)
-    images = torch.from_numpy(clip.frames).to(device).permute(0, 3, 1, 2).float() / 255
+    images = clip_images(clip, device)
     predicted = predict(images, clip).to(device, torch.float32)
     neutral = flame(shape=true.shape[:1])
     region = face_region(flame, neutral.vertices[0], neutral.landmarks[0])

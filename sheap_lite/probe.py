@@ -162,7 +162,7 @@ def fit_probe(features: torch.Tensor, labels: list[str], l2: float = 1e-2, itera
 def _collect(predictors: dict, flame, paths: list[Path], frames: str, bar) -> tuple[dict, list[str]]:
     """({predictor name: features (N,D)}, labels (N,)) over the chosen frames of every clip; a predictor None
     stands for the true parameters."""
-    from .evaluate import true_params
+    from .evaluate import clip_images, true_params
 
     features, labels = {name: [] for name in predictors}, []
     for path in paths:
@@ -172,7 +172,7 @@ def _collect(predictors: dict, flame, paths: list[Path], frames: str, bar) -> tu
             truth = read_annotations(path, meta)
             chosen = chosen[strong_frames(label_strength(meta["label"], truth, flame.expression_names))]
         clip = load_clip(path, chosen.tolist())
-        images = torch.from_numpy(clip.frames).to(flame.v_template.device).permute(0, 3, 1, 2).float() / 255
+        images = clip_images(clip, flame.v_template.device)
         for name, predict in predictors.items():
             params = true_params(clip) if predict is None else predict(images, clip)
             features[name].append(expression_features(params.to("cpu")))

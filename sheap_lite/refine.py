@@ -35,6 +35,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from .evaluate import clip_images
 from .gaussians import SurfelLocal
 from .geometry import axis_angle_to_matrix
 from .losses import LossWeights, reanimation_losses
@@ -144,7 +145,7 @@ def clip_tensors(clip, device=None) -> dict[str, torch.Tensor]:
     """A loaded `Clip` as refine's inputs: images (T,3,S,S) and masks (T,1,S,S) in [0,1], landmarks (T,68,2) px,
     visible (T,68) bool."""
     as_tensor = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    return {"images": as_tensor(clip.frames).permute(0, 3, 1, 2).float() / 255,
+    return {"images": clip_images(clip, device),
             "masks": as_tensor(clip.masks)[:, None].float() / 255,
             "landmarks": as_tensor(clip.landmarks).float(), "visible": as_tensor(clip.landmarks_visible).bool()}
 
