@@ -23,7 +23,8 @@ SHEAP_LITE_THREADS=1 (on 2 cores: `--jobs 2`). `--set key=value` (any TrainConfi
 
 Writes FOLDER/ablation.json (every run and, per arm, mean and std over seeds), FOLDER/ablation.md and
 FOLDER/ablation.png (`ablation_report`); `--report docs/results.md` also updates that file's generated section
-(the text between its markers; the prose around it is kept) and copies the plot to docs/img/ablation.png.
+(the text between its markers; the prose around it is kept), copies the plot to docs/img/ablation.png and
+every run's numbers to docs/ablation.json (runs/ is not committed; the json is).
 Prints the wall time of the sweep.
 """
 
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_plot(result, args.out / "ablation.png")
     if args.report is not None:
         update_report(args.report, markdown(result, image="img/ablation.png"), args.out / "ablation.png")
+        write_json(args.report.parent / "ablation.json", result)  # every run's numbers, kept beside the report
     print(text)
     print(f"sweep wall time: {wall / 60:.1f} min ({len(records)} runs, --jobs {args.jobs}, {result['cores']} cores)")
     return result

@@ -138,6 +138,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert saved["steps"] == {"2dgs": 2, "landmarks": 2} and saved["overrides"] == {"steps": "2"}
     assert "| landmarks only (no render) | 1 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "img" / "ablation.png").is_file() and "sweep wall time" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ablation.json").read_text())["runs"] == saved["runs"]  # kept beside the report
     checkpoint = tmp_path / "out" / "2dgs" / "seed0" / "checkpoint.pt"
     before = checkpoint.stat().st_mtime
     again = main(argv)
