@@ -32,7 +32,7 @@ HEROES = {
     "02_rigged_gaussians": ('title="SH-shaded surfels', 560, 480),
     "03_splatting": ('kinds=[None, None, None, None, "normal", None]', 900, None),
     "04_data": ("show_frames(clip.frames", 900, None),
-    "05_reanimation_and_losses": ('["the composited render", *maps]', 760, None),
+    "05_reanimation_and_losses": ('["the composited render", *maps]', 900, None),
     "06_training": ("show_grid(trained,", 760, None),
     "07_evaluation_and_inference": ('"the photograph"', 900, None),
 }
@@ -85,9 +85,11 @@ def hero_figure(notebook: Path, needle: str):
 
 
 def export_hero(fig, path: Path, width: int, height: int | None) -> int:
-    """fig as a PNG of `width` px (height: the figure's own, scaled alike, unless given), in 256 colours; bytes."""
+    """fig without its title (the README's table says what it is) as a PNG of `width` px (height: the figure's
+    own, scaled alike, unless given), in at most 256 colours; returns its bytes."""
     from PIL import Image
 
+    fig.update_layout(title=None, margin=dict(t=30 if fig.layout.annotations else 10))
     own_width, own_height = fig.layout.width, fig.layout.height
     if height is None:
         height = round(own_height * width / own_width) if own_width and own_height else round(width * 0.6)
