@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PYTEST_OK = rc=$$?; if [ $$rc -eq 5 ]; then echo "(no tests collected: ok)"; rc=0; fi; exit $$rc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-full lab docs doctor strip clean
+.PHONY: help setup demo test test-full lab docs heroes doctor strip clean
 
 help:
 	@echo "sheap_lite make targets:"
@@ -21,6 +21,7 @@ help:
 	@echo "  make test-full  every unit test (slow ones too), then every notebook at full size"
 	@echo "  make lab     open JupyterLab on notebooks/"
 	@echo "  make docs    execute every notebook (CI sizes) into static HTML in docs/course/ (not committed)"
+	@echo "  make heroes  export one figure per notebook to docs/img/NN.png (after make docs; needs kaleido + Chromium)"
 	@echo "  make doctor  report what is installed and found (CUDA, gsplat, FLAME file, ...) and how to fix it"
 	@echo "  make strip   remove outputs and execution counts from notebooks/*.ipynb (nbstripout)"
 	@echo "  make clean   remove runs/ and caches (keeps .venv)"
@@ -62,15 +63,26 @@ test-full: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
-# The course as static HTML, readable without a kernel: each notebook executed, plotly figures embedded with
-# plotly.js inlined once per page (the "notebook" renderer: works offline, no CDN). The slider explorers are live
-# widgets: not stored (they need a kernel). docs/course/ is a build output, ignored by git.
+# The course as static HTML, readable without a kernel: each notebook executed (kept beside the pages, for
+# `make heroes`), then written with docs/course_template (MathJax 3 from a local copy, no require.js; a progress
+# bar kept as its last state, not one line per redraw), plotly figures embedded with plotly.js inlined once per
+# page (the "notebook" renderer). `course_pages finish` copies
+# MathJax beside the pages and drops plotly's CDN MathJax tags: no network needed to read them. The slider
+# explorers are live widgets: not stored (they need a kernel). docs/course/ is a build output, ignored by git.
 DOCS_ENV ?= SHEAP_LITE_CI=1
 docs: setup
 	mkdir -p docs/course
-	$(DOCS_ENV) PLOTLY_RENDERER=plotly_mimetype+notebook $(VENV)/bin/jupyter nbconvert --to html --execute \
+	$(DOCS_ENV) PLOTLY_RENDERER=plotly_mimetype+notebook $(VENV)/bin/jupyter nbconvert --to notebook --execute \
 		--ExecutePreprocessor.store_widget_state=False --output-dir docs/course notebooks/*.ipynb
-	@ls -l docs/course/*.html
+	$(VENV)/bin/jupyter nbconvert --to html --template-file docs/course_template/course.html.j2 \
+		--CoalesceStreamsPreprocessor.enabled=True \
+		--HTMLExporter.mathjax_url=mathjax/tex-svg.js docs/course/*.ipynb
+	$(PY) -m sheap_lite.course_pages finish docs/course
+
+# The README's pictures, docs/img/NN.png: one key figure per notebook, from the pages `make docs` executed.
+# Needs plotly's static export (pip install kaleido) and a Chromium on the machine (apt-get install chromium).
+heroes:
+	$(PY) -m sheap_lite.course_pages heroes docs/course docs/img
 
 # The doctor must run even when set-up failed, so it does not depend on `setup`: it uses .venv if present.
 doctor:

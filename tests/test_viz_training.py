@@ -86,3 +86,22 @@ def test_live_figure_inlines_plotly_js_once_under_the_notebook_renderer(monkeypa
         assert sum("Plotly.newPlot" in h for h in html) == 3, "each redraw is a figure"
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_png_images_keeps_the_pixels_and_leaves_maps_alone():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from sheap_lite.viz_training import png_images
+
+    rgb = np.random.default_rng(0).random((3, 6, 5))
+    fig = image_figure([rgb, np.ones((6, 5))], cols=2)
+    pixels = np.asarray(fig.data[0].z)
+    assert png_images(fig) is fig
+    image, heat = fig.data
+    assert image.z is None and image.source.startswith("data:image/png;base64,")
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(image.source.split(",", 1)[1]))))
+    assert decoded.shape == (6, 5, 3) and np.array_equal(decoded, pixels), "lossless, rows and columns kept"
+    assert heat.type == "heatmap" and np.asarray(heat.z).shape == (6, 5), "maps are not pictures"
