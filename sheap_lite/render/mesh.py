@@ -1,4 +1,5 @@
-"""`render_mesh`: a differentiable soft mesh rasteriser in pure PyTorch (any device).
+"""`render_mesh`: a differentiable soft mesh rasteriser in PyTorch (any device; on CPU the face selection runs in
+the compiled render kernel where it builds, with the same result).
 
 The synthetic training set is rendered with it (so 2DGS training does not merely invert its own renderer), and it
 is the baseline renderer of the mesh-vs-Gaussians ablation. Written from the papers, not from library code:
