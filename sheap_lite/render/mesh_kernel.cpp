@@ -10,7 +10,9 @@
 // Per pixel: hard = the inside face of least depth; soft = the k kept faces of least depth, nearest first;
 // cover = the inside face of greatest distance to its silhouette edges (not `interior`). All ties go to the lower
 // face id, which is what the PyTorch path's stable merges give (they see faces in ascending id order). Faces are
-// visited in ascending id within each image; images run in parallel (they share no pixel).
+// visited in ascending id within each image; images run in parallel (they share no pixel). Work the result
+// cannot depend on is skipped: the segment distance of a pair outside its face is computed only when its depth
+// would enter the pixel's list, and a face's interior edges are never measured.
 
 #include <algorithm>
 #include <atomic>
@@ -34,17 +36,15 @@ struct Selected {  // per flat pixel (B·H·W): hard (n_pix), soft (n_pix, k), c
   int64_t *hard_id, *soft_id, *cover_id;
 };
 
-// Squared distances from p to the three edge segments q_k → q_{k+1} of the triangle q (3,2).
+// Squared distance from p to the edge segment q_k → q_{k+1} of the triangle q (3,2).
 template <typename T>
-inline void edge_dist2(const T* q, T px, T py, T out[3]) {
-  for (int k = 0; k < 3; ++k) {
-    const int j = (k + 1) % 3;
-    const T ex = q[2 * j] - q[2 * k], ey = q[2 * j + 1] - q[2 * k + 1];
-    const T wx = px - q[2 * k], wy = py - q[2 * k + 1];
-    const T t = std::min(std::max((wx * ex + wy * ey) / std::max(ex * ex + ey * ey, T(1e-30)), T(0)), T(1));
-    const T dx = wx - t * ex, dy = wy - t * ey;
-    out[k] = dx * dx + dy * dy;
-  }
+inline T edge_dist2(const T* q, int k, T px, T py) {
+  const int j = (k + 1) % 3;
+  const T ex = q[2 * j] - q[2 * k], ey = q[2 * j + 1] - q[2 * k + 1];
+  const T wx = px - q[2 * k], wy = py - q[2 * k + 1];
+  const T t = std::min(std::max((wx * ex + wy * ey) / std::max(ex * ex + ey * ey, T(1e-30)), T(0)), T(1));
+  const T dx = wx - t * ex, dy = wy - t * ey;
+  return dx * dx + dy * dy;
 }
 
 template <typename T>
@@ -59,15 +59,14 @@ void select_image(const Screen<T>& s, int64_t first, int64_t last, int64_t pixel
     for (int64_t y = y0; y < y0 + s.size[2 * f + 1]; ++y)
       for (int64_t x = x0; x < x0 + s.size[2 * f]; ++x) {
         const T px = T(x) + T(0.5), py = T(y) + T(0.5);
-        T lam[3], d2[3];
+        T lam[3];
         for (int e = 0; e < 3; ++e) lam[e] = (c[3 * e] * px + c[3 * e + 1] * py) + c[3 * e + 2];
         const bool inside = lam[0] >= T(0) && lam[1] >= T(0) && lam[2] >= T(0);
+        const int64_t p = pixel0 + y * width + x;
         if (!inside) {
           if (!soft) continue;
           const T edge = std::max(std::max(-lam[0] * h[0], -lam[1] * h[1]), -lam[2] * h[2]);
           if (!(edge <= radius)) continue;
-          edge_dist2(q, px, py, d2);
-          if (!(std::min(std::min(d2[0], d2[1]), d2[2]) <= blur2)) continue;
         }
         T lc[3], w[3];
         for (int e = 0; e < 3; ++e) {
@@ -75,7 +74,11 @@ void select_image(const Screen<T>& s, int64_t first, int64_t last, int64_t pixel
           w[e] = lc[e] / z[e];
         }
         const T depth = ((lc[0] + lc[1]) + lc[2]) / ((w[0] + w[1]) + w[2]);
-        const int64_t p = pixel0 + y * width + x;
+        if (!inside) {  // only the soft list can take it: test the distance only when it would
+          if (!(depth < out.soft_z[p * k + k - 1])) continue;
+          const T d2 = std::min(std::min(edge_dist2(q, 0, px, py), edge_dist2(q, 1, px, py)), edge_dist2(q, 2, px, py));
+          if (!(d2 <= blur2)) continue;
+        }
         if (inside && depth < out.hard_z[p]) out.hard_z[p] = depth, out.hard_id[p] = f;
         if (soft && depth < out.soft_z[p * k + k - 1]) {  // insert after equal depths (lower ids stay first)
           T* zs = out.soft_z + p * k;
@@ -85,10 +88,9 @@ void select_image(const Screen<T>& s, int64_t first, int64_t last, int64_t pixel
           zs[j] = depth, ids[j] = f;
         }
         if (inside && interior) {
-          edge_dist2(q, px, py, d2);
-          T nearest = inf;
+          T nearest = inf;  // to the silhouette edges only
           for (int e = 0; e < 3; ++e)
-            if (!interior[e]) nearest = std::min(nearest, d2[e]);
+            if (!interior[e]) nearest = std::min(nearest, edge_dist2(q, e, px, py));
           if (-nearest < out.cover_key[p]) out.cover_key[p] = -nearest, out.cover_id[p] = f;
         }
       }
