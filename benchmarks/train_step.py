@@ -1,17 +1,22 @@
 """Seconds per training step of each renderer arm, side by side in one run (what the ablation's arms cost).
 
 One forward + backward of `Reanimator` + `reanimation_losses` at a preset's size and batch on synthetic clips, per
-renderer ("2dgs", "mesh", "none"), after one warm-up step, median of `--repeats`; one torch thread.
+renderer ("2dgs", "mesh", "none"), after one warm-up step, median of `--repeats`; one torch thread. An arm named
+"<renderer>-pytorch" runs with the compiled render kernel switched off (as SHEAP_LITE_RENDER_KERNEL=0; for "mesh":
+face selection in PyTorch), so old and new paths compare in one run.
 
     python benchmarks/train_step.py --data data/synthetic --preset small --repeats 3
+    python benchmarks/train_step.py --data data/synthetic --renderers mesh mesh-pytorch
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import time
+from unittest import mock
 
 import torch
 
@@ -19,6 +24,7 @@ from sheap_lite.config import PRESETS
 from sheap_lite.data.dataset import ClipPairDataset, batch_landmarks, collate_pairs
 from sheap_lite.flame import FLAME
 from sheap_lite.losses import reanimation_losses
+from sheap_lite.render import kernel
 from sheap_lite.threads import use_threads
 from sheap_lite.train import build_model
 
@@ -53,10 +59,12 @@ def main() -> None:
     print(f"{args.preset}: {preset.model.image_size}², batch {preset.batch_size}, one thread, median of {args.repeats}")
     reference = None
     for renderer in args.renderers:
-        config = dataclasses.replace(preset, renderer=renderer)
-        seconds = step_seconds(config, flame, batch, args.repeats)
+        name, _, path = renderer.partition("-")
+        config = dataclasses.replace(preset, renderer=name)
+        with mock.patch.object(kernel, "library", lambda: None) if path == "pytorch" else contextlib.nullcontext():
+            seconds = step_seconds(config, flame, batch, args.repeats)
         reference = reference or seconds
-        print(f"  {renderer:<5} {seconds:6.2f} s a step ({seconds / reference:.2f}× {args.renderers[0]})")
+        print(f"  {renderer:<12} {seconds:6.2f} s a step ({seconds / reference:.2f}× {args.renderers[0]})")
 
 
 if __name__ == "__main__":
