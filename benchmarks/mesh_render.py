@@ -5,8 +5,9 @@
 The built-in head at `batch` poses (turned, tilted, jaw open), camera 1 m away, soft mode as training draws it
 (σ = 1 px², K = 8, "composite", vertex colours, SH shading), one torch thread. Both paths run in this process,
 interleaved (`--repeats` rounds after a warm-up of each); the kernel is switched off for the reference as
-SHEAP_LITE_RENDER_KERNEL=0 does. Reports median seconds of the face selection (`select_faces`) alone and of the
-whole render (forward + backward), and their ratios; checks that both paths select the same faces.
+SHEAP_LITE_RENDER_KERNEL=0 does. Reports median CPU seconds of this process (`time.process_time`: on a shared
+machine wall time mostly measures the other jobs) of the face selection (`select_faces`) alone and of the whole
+render (forward + backward), and their ratios; checks that both paths select the same faces.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ def head_scene(batch: int, size: int):
 
 
 def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
+    start = time.process_time()
     result = fn()
-    return time.perf_counter() - start, result
+    return time.process_time() - start, result
 
 
 def main() -> None:
@@ -84,8 +85,8 @@ def main() -> None:
     same = all(a is None and b is None or torch.equal(a, b) for a, b in zip(selections["kernel"],
                                                                             selections["pytorch"]))
     median = {key: statistics.median(values) for key, values in times.items()}
-    print(f"render_mesh soft/composite, built-in head, {args.size}², batch {args.batch}, one thread, median of "
-          f"{args.repeats}; same face ids on both paths: {same}")
+    print(f"render_mesh soft/composite, built-in head, {args.size}², batch {args.batch}, one thread, CPU "
+          f"time, median of {args.repeats}; same face ids on both paths: {same}")
     for what in ("select", "render"):
         new, old = median[f"{what} kernel"], median[f"{what} pytorch"]
         label = "select_faces" if what == "select" else "forward+backward"
