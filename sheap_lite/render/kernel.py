@@ -10,7 +10,8 @@ images and gradients. Built with -ffp-contract=off: the mesh selection repeats P
 
 `bin_tiles` builds the tiles' front-to-back surfel lists; `CompositeTiles` is the autograd node over the
 compositing: per pixel, its tile's list is composited, and the backward pass re-runs each tile (it keeps no
-per-pair state: memory is bounded by the binning and the image, never by depth complexity).
+per-pair state: memory is bounded by the binning and the image, never by depth complexity). `select_faces` is the
+mesh rasteriser's face selection (`mesh_raster.select_faces`, pass 1), with the PyTorch path's ids exactly.
 """
 
 from __future__ import annotations
