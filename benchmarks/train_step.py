@@ -1,17 +1,22 @@
 """Seconds per training step of each renderer arm, side by side in one run (what the ablation's arms cost).
 
 One forward + backward of `Reanimator` + `reanimation_losses` at a preset's size and batch on synthetic clips, per
-renderer ("2dgs", "mesh", "none"), after one warm-up step, median of `--repeats`; one torch thread.
+renderer ("2dgs", "mesh", "none"), after one warm-up step, median of `--repeats`; one torch thread. An arm named
+"<renderer>-pytorch" runs with the compiled render kernel switched off (as SHEAP_LITE_RENDER_KERNEL=0; for "mesh":
+face selection in PyTorch), so old and new paths compare in one run.
 
     python benchmarks/train_step.py --data data/synthetic --preset small --repeats 3
+    python benchmarks/train_step.py --data data/synthetic --renderers mesh mesh-pytorch
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import time
+from unittest import mock
 
 import torch
 
@@ -19,23 +24,26 @@ from sheap_lite.config import PRESETS
 from sheap_lite.data.dataset import ClipPairDataset, batch_landmarks, collate_pairs
 from sheap_lite.flame import FLAME
 from sheap_lite.losses import reanimation_losses
+from sheap_lite.render import kernel
 from sheap_lite.threads import use_threads
 from sheap_lite.train import build_model
 
 
-def step_seconds(config, flame: FLAME, batch: dict, repeats: int) -> float:
-    """Median seconds of one forward + backward of `config`'s model on `batch` (a warm-up step first)."""
+def step_seconds(config, flame: FLAME, batch: dict, repeats: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of one forward + backward of `config`'s model on `batch` (a warm-up step first).
+    CPU time is this process's (`time.process_time`): on a shared machine wall time also measures the other jobs."""
     torch.manual_seed(0)
     model = build_model(config, flame)
-    times = []
+    walls, cpus = [], []
     for k in range(repeats + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         r = model(batch["source_image"], batch["target_image"], batch["target_mask"], config.composite,
                   **batch_landmarks(batch))
         reanimation_losses(r, batch, config.loss)["total"].backward()
         if k:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            walls.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - start_cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -53,10 +61,13 @@ def main() -> None:
     print(f"{args.preset}: {preset.model.image_size}², batch {preset.batch_size}, one thread, median of {args.repeats}")
     reference = None
     for renderer in args.renderers:
-        config = dataclasses.replace(preset, renderer=renderer)
-        seconds = step_seconds(config, flame, batch, args.repeats)
-        reference = reference or seconds
-        print(f"  {renderer:<5} {seconds:6.2f} s a step ({seconds / reference:.2f}× {args.renderers[0]})")
+        name, _, path = renderer.partition("-")
+        config = dataclasses.replace(preset, renderer=name)
+        with mock.patch.object(kernel, "library", lambda: None) if path == "pytorch" else contextlib.nullcontext():
+            wall, cpu = step_seconds(config, flame, batch, args.repeats)
+        reference = reference or cpu
+        print(f"  {renderer:<12} {wall:6.2f} s a step, {cpu:6.2f} s CPU ({cpu / reference:.2f}× "
+              f"{args.renderers[0]}'s CPU time)")
 
 
 if __name__ == "__main__":

@@ -32,3 +32,16 @@ def ci_checkpoint(tmp_path_factory, one_thread):
     save_checkpoint(dict(version=1, step=0, config=dataclasses.asdict(config), head=head_model_id(flame),
                          model=model.state_dict()), path)
     return path, model
+
+
+@pytest.fixture(params=["kernel", "pytorch"])
+def both_selection_paths(request, monkeypatch):
+    """Run a test on both of `render_mesh`'s face-selection paths: the compiled kernel (skipped where it cannot be
+    built) and the PyTorch reference (the kernel switched off)."""
+    from sheap_lite.render import kernel
+
+    if request.param == "pytorch":
+        monkeypatch.setattr(kernel, "library", lambda: None)
+    elif kernel.library() is None:
+        pytest.skip("the compiled render kernel cannot be built here (no C++ compiler?)")
+    return request.param

@@ -14,7 +14,7 @@ from sheap_lite.render.mesh import render_mesh
 D = torch.float64
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "both_selection_paths")
 
 
 def camera(width, height, f=10.0, batch=1, viewmat=None):

@@ -10,7 +10,7 @@ from sheap_lite.gaussians import ambient_sh, sh_from_directional_light
 from sheap_lite.render.mesh import render_mesh
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "both_selection_paths")
 
 
 # ---- the built-in head ---------------------------------------------------------------------------------------------

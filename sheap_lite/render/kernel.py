@@ -1,14 +1,17 @@
-"""The compiled compositing kernel (`kernel.cpp`): built with the system's C++ compiler at first use, cached.
+"""The compiled CPU kernels (`kernel.cpp`: 2DGS binning and compositing; `mesh_kernel.cpp`: the mesh rasteriser's
+face selection): built with the system's C++ compiler at first use into one library, cached.
 
-`library()` compiles kernel.cpp into a shared library in the user cache folder ($SHEAP_LITE_CACHE or the
+`library()` compiles both sources into a shared library in the user cache folder ($SHEAP_LITE_CACHE or the
 platform's, `render_kernel/`; one file per source and compiler, so an edit rebuilds) and loads it with ctypes:
 plain C functions, no torch headers, a build of ~3 s. Without a compiler, or when the build fails, it returns
-None after a one-line warning (with SHEAP_LITE_RENDER_KERNEL=0, silently) and the renderer runs its
-pure-PyTorch path (search + `fused.CompositeRows`), which gives the same images and gradients.
+None after a one-line warning (with SHEAP_LITE_RENDER_KERNEL=0, silently) and the renderers run their
+pure-PyTorch paths (search + `fused.CompositeRows`; `mesh_raster.select_faces`' merges), which give the same
+images and gradients. Built with -ffp-contract=off: the mesh selection repeats PyTorch's arithmetic exactly.
 
 `bin_tiles` builds the tiles' front-to-back surfel lists; `CompositeTiles` is the autograd node over the
 compositing: per pixel, its tile's list is composited, and the backward pass re-runs each tile (it keeps no
-per-pair state: memory is bounded by the binning and the image, never by depth complexity).
+per-pair state: memory is bounded by the binning and the image, never by depth complexity). `select_faces` is the
+mesh rasteriser's face selection (`mesh_raster.select_faces`, pass 1), with the PyTorch path's ids exactly.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import torch
 
 from .composite import FEATURES
 
-SOURCE = Path(__file__).with_name("kernel.cpp")
-FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernel.cpp", "mesh_kernel.cpp"))
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off")
 BUILD_TIMEOUT_S = 120
 
 
@@ -54,25 +57,27 @@ def library() -> ctypes.CDLL | None:
         return None
     compiler = _compiler()
     if compiler is None:
-        warnings.warn("render_2dgs: no C++ compiler found ($CXX, c++, g++); using the slower pure-PyTorch "
-                      "compositing", RuntimeWarning, stacklevel=2)
+        warnings.warn("render_2dgs / render_mesh: no C++ compiler found ($CXX, c++, g++); using the slower "
+                      "pure-PyTorch paths", RuntimeWarning, stacklevel=2)
         return None
     try:
         version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), *compiler, version, *FLAGS]).encode()).hexdigest()[:16]
+        texts = [source.read_text() for source in SOURCES]
+        key = hashlib.sha256("\0".join([*texts, *compiler, version, *FLAGS]).encode()).hexdigest()[:16]
         target = _cache_dir() / f"kernel_{key}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:  # build aside, then move in atomically
                 built = Path(scratch) / target.name
-                subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True,
-                               text=True, timeout=BUILD_TIMEOUT_S)
+                subprocess.run([*compiler, *FLAGS, *map(str, SOURCES), "-o", str(built)], check=True,
+                               capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
                 os.replace(built, target)
         return _declare(ctypes.CDLL(str(target)))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
-        warnings.warn(f"render_2dgs: the C++ compositing kernel did not build ({' '.join(str(detail).split())[:300]}); "
-                      "using the slower pure-PyTorch compositing", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"render_2dgs / render_mesh: the C++ render kernel did not build "
+                      f"({' '.join(str(detail).split())[:300]}); using the slower pure-PyTorch paths",
+                      RuntimeWarning, stacklevel=2)
         return None
 
 
@@ -81,6 +86,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for suffix in ("f32", "f64"):
         getattr(lib, f"forward_{suffix}").argtypes = [pointer] * 3 + [size] * 7 + [pointer] * 6 + [threads]
         getattr(lib, f"backward_{suffix}").argtypes = [pointer] * 3 + [size] * 7 + [pointer] * 7 + [size, threads]
+        getattr(lib, f"select_faces_{suffix}").argtypes = (
+            [pointer] * 8 + [size] * 5 + [threads] + [ctypes.c_double] * 2 + [pointer] * 6 + [threads])
     lib.bin_tiles.argtypes = [pointer] * 3 + [size] * 5 + [pointer] * 2
     lib.bin_tiles.restype = size
     return lib
@@ -97,6 +104,22 @@ def bin_tiles(lo: torch.Tensor, hi: torch.Tensor, order: torch.Tensor, n: int, g
     surfels = lo.new_empty(lib.bin_tiles(*args, None))
     lib.bin_tiles(*args, surfels.data_ptr())
     return offsets, surfels
+
+
+def select_faces(faces: tuple, boxes: tuple, grid: tuple[int, int, int, int], k: int, radius: float,
+                 blur2: float | None, selected: tuple) -> None:
+    """`mesh_raster.select_faces`' merges in the kernel: faces (coef (n,3,3), h (n,3), xy (n,3,2), z (n,3),
+    interior (n,3) bool or None) flat over the batch, boxes (lo (n,2), size (n,2), area (n,)) int64, grid (batch,
+    faces per image, width, height), k slots (soft mode: blur2 not None) → fills selected (hard_z, hard_id, soft_z,
+    soft_id, cover_key, cover_id) (B·H·W) and (B·H·W, k) CPU tensors in place."""
+    coef, h, xy, z, interior = faces
+    tensors = [t.contiguous() for t in (coef, h, xy, z)]
+    flags = None if interior is None else interior.to(torch.uint8).contiguous()
+    boxes = [t.contiguous() for t in boxes]
+    getattr(library(), f"select_faces_{_suffix(coef.dtype)}")(
+        *(t.data_ptr() for t in tensors), None if flags is None else flags.data_ptr(), *(t.data_ptr() for t in boxes),
+        *grid, k, int(blur2 is not None), radius, 0.0 if blur2 is None else blur2, *(t.data_ptr() for t in selected),
+        torch.get_num_threads())
 
 
 def _suffix(dtype: torch.dtype) -> str:

@@ -1,4 +1,5 @@
-"""`render_mesh`: a differentiable soft mesh rasteriser in pure PyTorch (any device).
+"""`render_mesh`: a differentiable soft mesh rasteriser in PyTorch (any device; on CPU the face selection runs in
+the compiled render kernel where it builds, with the same result).
 
 The synthetic training set is rendered with it (so 2DGS training does not merely invert its own renderer), and it
 is the baseline renderer of the mesh-vs-Gaussians ablation. Written from the papers, not from library code:
@@ -185,7 +186,7 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, viewmats: torch.Ten
     white (C = 3); sh (B,9,3) or (9,3) radiance SH coefficients for Lambertian shading (C = 3); backgrounds (B,C)
     (default black). mode "soft" | "hard"; sigma (pixels²), faces_per_pixel (K) and blend ("composite" |
     "softras") act in soft mode; gamma (depth units) and zfar only in "softras". max_pairs (pixel-face
-    pairs evaluated at once) bounds the rasteriser's memory.
+    pairs evaluated at once by the PyTorch face selection; the compiled one keeps none) bounds its memory.
     """
     faces, channels = _validate(vertices, faces, viewmats, Ks, width, height, vertex_colors, uv, face_uv, texture,
                                 sh, backgrounds, mode, blend, sigma, gamma, faces_per_pixel)
