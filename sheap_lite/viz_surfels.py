@@ -62,10 +62,10 @@ def surfels_trace(means, quats, scales, colors=None, segments: int = 6, sigmas: 
 
 def surfels_figure(means, quats, scales, colors=None, vertices=None, faces=None, mesh_colors=None,
                    segments: int = 6, sigmas: float = 1.0, lift: float | None = None, shaded: bool = False,
-                   title: str | None = None, height: int = 500, max_surfels: int | None = 8000) -> go.Figure:
+                   title: str | None = None, height: int = 500, max_surfels: int | None = 4000) -> go.Figure:
     """Surfels (see `surfels_trace`) seen from the front, optionally over a mesh (vertices (V,3), faces (F,3),
     mesh_colors (V,3)). `lift` defaults to 0.2 mm when a mesh is drawn (no z-fighting with it), else 0. At most
-    `max_surfels` are drawn (evenly spread; None = all), which keeps a figure near 1 MB."""
+    `max_surfels` are drawn (evenly spread; None = all), which keeps a figure near 0.7 MB."""
     traces = []
     if vertices is not None:
         if faces is None:

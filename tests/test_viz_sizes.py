@@ -31,7 +31,7 @@ def test_a_surfel_figure_of_n_surfels_serialises_under_its_byte_budget():
     per_surfel = (12 * segments + 12 * (segments - 2) + (segments - 2)) * 4 / 3
     assert per_surfel < 166
     assert _bytes(fig) < n * per_surfel + OVERHEAD, f"{_bytes(fig) / n:.0f} bytes a surfel"
-    assert _bytes(surfels_figure(means, quats, scales, colours)) < 8000 * per_surfel + OVERHEAD, "max_surfels=8000"
+    assert _bytes(surfels_figure(means, quats, scales, colours)) < 4000 * per_surfel + OVERHEAD, "max_surfels=4000"
 
 
 def test_a_coloured_mesh_serialises_under_its_byte_budget():
