@@ -274,7 +274,8 @@ def image_figure(images: Sequence, titles: Sequence[str] | None = None, cols: in
     images: (3,H,W), (1,H,W) or (H,W) tensors or arrays (no batch dim). kinds (one per image, default by shape):
     "rgb" (3 channels in [0,1], drawn as a `go.Image`, clipped), "normal" (3 channels in [-1,1], drawn as the rgb
     image (n+1)/2, so +x red, +y green, +z blue and a normal facing +z is (0.5,0.5,1)), "map" (one channel, e.g.
-    alpha, depth, distortion: a `go.Heatmap` in `colorscale` with its own colour bar; NaN pixels are left blank).
+    alpha, depth, distortion: a float32 `go.Heatmap` in `colorscale` with its own colour bar;
+    NaN pixels are left blank).
     zrange: optional (min, max) per image for the maps (None = the map's own range). cell_px: the size of one
     panel in pixels (the figure grows by the gaps between panels, room for the colour bars when there are maps).
     """
@@ -308,7 +309,7 @@ def image_figure(images: Sequence, titles: Sequence[str] | None = None, cols: in
             lo, hi = zrange[n] if zrange[n] is not None else (None, None)
             colorbar = dict(x=x_domain[1] + 0.005, xanchor="left", y=(y_domain[0] + y_domain[1]) / 2,
                             len=y_domain[1] - y_domain[0], thickness=10, tickfont=dict(size=9))
-            trace = go.Heatmap(z=a, colorscale=colorscale, zmin=lo, zmax=hi, colorbar=colorbar,
+            trace = go.Heatmap(z=a.astype(np.float32), colorscale=colorscale, zmin=lo, zmax=hi, colorbar=colorbar,
                                hovertemplate="x %{x}, y %{y}: %{z:.4g}<extra></extra>")
         else:
             rgb = (a + 1.0) / 2.0 if kind == "normal" else a
