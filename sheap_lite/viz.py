@@ -23,10 +23,56 @@ def _np(array) -> np.ndarray:
     return np.asarray(array)
 
 
-def _rgb(colors: np.ndarray) -> np.ndarray:
-    """(N,3) floats in [0,1] → (N,) plotly '#rrggbb' strings (formatted by numpy, no Python loop per colour)."""
-    c = np.clip(np.round(_np(colors) * 255), 0, 255).astype(np.int64)
-    return np.char.mod("#%06x", (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2])
+def _f32(array) -> np.ndarray:
+    """Coordinates for a figure as float32: plotly stores float64 arrays as 8 bytes a number, float32 as 4, and
+    4 bytes keep 0.1 µm at a head's size."""
+    return _np(array).astype(np.float32)
+
+
+def _palette(colors, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(N,3) colours in [0,1] → (index (N,) uint8, palette (P,3) in [0,1]), P ≤ size.
+
+    Exact (to 8 bits) when there are at most `size` distinct colours, else the k-means centres of the colours
+    (a GIF-like quantisation). The palette is ordered as a nearest-neighbour chain, so neighbouring indices are
+    similar colours: a mesh that interpolates its index across a triangle passes through in-between colours."""
+    c = np.round(np.clip(_np(colors).astype(np.float64), 0.0, 1.0) * 255.0)
+    unique, index = np.unique(c, axis=0, return_inverse=True)
+    if len(unique) > size:  # weighted Lloyd iterations on the distinct colours, from `size` spread over brightness
+        weight = np.bincount(index.ravel(), minlength=len(unique))[:, None]
+        centres = unique[np.argsort(unique.sum(1))][np.linspace(0, len(unique) - 1, size).astype(int)]
+        for _ in range(8):
+            nearest = _nearest(unique, centres)
+            total = np.bincount(nearest, weights=weight[:, 0], minlength=size)[:, None]
+            sums = np.stack([np.bincount(nearest, weights=(weight * unique)[:, ch], minlength=size)
+                             for ch in range(3)], axis=1)
+            centres = np.where(total > 0, sums / np.maximum(total, 1), centres)
+        index, unique = _nearest(unique, centres)[index.ravel()], np.round(centres)
+    order = [int(unique.sum(1).argmax())]  # the chain: brightest first, then always the nearest unvisited colour
+    left = np.ones(len(unique), bool)
+    left[order[0]] = False
+    while left.any():
+        d = np.where(left, ((unique - unique[order[-1]]) ** 2).sum(1), np.inf)
+        order.append(int(d.argmin()))
+        left[order[-1]] = False
+    rank = np.empty(len(unique), np.int64)
+    rank[order] = np.arange(len(unique))
+    return rank[np.ravel(index)].astype(np.uint8), unique[order] / 255.0
+
+
+def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index (N,) of the nearest of centres (P,3) for each of points (N,3) (squared distances, expanded)."""
+    d = (centres ** 2).sum(1)[None] - 2.0 * points.astype(np.float32) @ centres.T.astype(np.float32)
+    return d.argmin(1)
+
+
+def colour_kwargs(colors, mode: str = "vertex") -> dict:
+    """Mesh3d arguments that draw colours (N,3) in [0,1] per vertex (`mode="vertex"`) or per triangle ("cell") as
+    a uint8 index into a colour scale (1 byte each in the figure, where a '#rrggbb' string takes ~10)."""
+    index, palette = _palette(colors)
+    stops = palette if len(palette) > 1 else np.repeat(palette, 2, axis=0)
+    scale = [[n / (len(stops) - 1), "rgb({:.0f},{:.0f},{:.0f})".format(*(255 * p))] for n, p in enumerate(stops)]
+    return dict(intensity=index, intensitymode=mode, colorscale=scale, cmin=0, cmax=max(len(palette) - 1, 1),
+                showscale=False)
 
 
 def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,11 +111,13 @@ def head_colors(flame) -> np.ndarray:
 
 
 def mesh_trace(vertices, faces, vertex_colors=None, name: str = "mesh", opacity: float = 1.0) -> go.Mesh3d:
-    """A shaded triangle mesh: vertices (V,3), faces (F,3), optional per-vertex colours (V,3) in [0,1]."""
+    """A shaded triangle mesh: vertices (V,3), faces (F,3), optional per-vertex colours (V,3) in [0,1] (drawn
+    through `colour_kwargs`); coordinates are stored as float32."""
     v, f = _np(vertices), _np(faces)
     if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
         raise ValueError(f"mesh_trace expects vertices (V,3) and faces (F,3), got {v.shape} and {f.shape}")
-    colour = dict(vertexcolor=_rgb(vertex_colors)) if vertex_colors is not None else dict(color=SKIN)
+    colour = colour_kwargs(vertex_colors) if vertex_colors is not None else dict(color=SKIN)
+    v = v.astype(np.float32)
     return go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name=name,
                      flatshading=False, lighting=LIGHTING, lightposition=dict(x=0, y=100, z=1000),
                      opacity=opacity, hoverinfo="skip", showlegend=False, **colour)
@@ -78,7 +126,7 @@ def mesh_trace(vertices, faces, vertex_colors=None, name: str = "mesh", opacity:
 def points_trace(points, labels: Sequence[str] | None = None, name: str = "points", color: str = "crimson",
                  size: float = 4.0) -> go.Scatter3d:
     """Markers at points (N,3); hovering shows each label (by default its index)."""
-    p = _np(points)
+    p = _f32(points)
     text = list(labels) if labels is not None else [f"{name} {i}" for i in range(len(p))]
     return go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], mode="markers", name=name, text=text,
                         hoverinfo="text", marker=dict(size=size, color=color), showlegend=False)
@@ -226,7 +274,8 @@ def image_figure(images: Sequence, titles: Sequence[str] | None = None, cols: in
     images: (3,H,W), (1,H,W) or (H,W) tensors or arrays (no batch dim). kinds (one per image, default by shape):
     "rgb" (3 channels in [0,1], drawn as a `go.Image`, clipped), "normal" (3 channels in [-1,1], drawn as the rgb
     image (n+1)/2, so +x red, +y green, +z blue and a normal facing +z is (0.5,0.5,1)), "map" (one channel, e.g.
-    alpha, depth, distortion: a `go.Heatmap` in `colorscale` with its own colour bar; NaN pixels are left blank).
+    alpha, depth, distortion: a float32 `go.Heatmap` in `colorscale` with its own colour bar;
+    NaN pixels are left blank).
     zrange: optional (min, max) per image for the maps (None = the map's own range). cell_px: the size of one
     panel in pixels (the figure grows by the gaps between panels, room for the colour bars when there are maps).
     """
@@ -260,7 +309,7 @@ def image_figure(images: Sequence, titles: Sequence[str] | None = None, cols: in
             lo, hi = zrange[n] if zrange[n] is not None else (None, None)
             colorbar = dict(x=x_domain[1] + 0.005, xanchor="left", y=(y_domain[0] + y_domain[1]) / 2,
                             len=y_domain[1] - y_domain[0], thickness=10, tickfont=dict(size=9))
-            trace = go.Heatmap(z=a, colorscale=colorscale, zmin=lo, zmax=hi, colorbar=colorbar,
+            trace = go.Heatmap(z=a.astype(np.float32), colorscale=colorscale, zmin=lo, zmax=hi, colorbar=colorbar,
                                hovertemplate="x %{x}, y %{y}: %{z:.4g}<extra></extra>")
         else:
             rgb = (a + 1.0) / 2.0 if kind == "normal" else a

@@ -344,30 +344,34 @@ def _random_surfels(n: int, seed: int):
 def test_surfels_trace_draws_oriented_discs_without_a_per_surfel_loop():
     n = 20_000
     means, quats, scales, colours = _random_surfels(n, 12)
-    # vectorised: as many Python lines for 20k surfels as for 10 (a per-surfel loop would add ≥ 20k)
+    # vectorised: as many Python lines for 20k surfels as for 2k (a per-surfel loop would add ≥ 18k); both have more
+    # distinct colours than the 256 of the palette, so its k-means runs the same iterations
     surfels_trace(*_random_surfels(10, 13), segments=8)  # first call: plotly's lazy imports
-    few, many = (_python_lines(surfels_trace, *_random_surfels(k, 13), segments=8) for k in (10, n))
-    assert many - few < 100, f"surfels_trace ran {few} Python lines for 10 surfels and {many} for {n}"
+    few, many = (_python_lines(surfels_trace, *_random_surfels(k, 13), segments=8) for k in (2_000, n))
+    assert many - few < 100, f"surfels_trace ran {few} Python lines for 2k surfels and {many} for {n}"
     trace = surfels_trace(means, quats, scales, colours, segments=8)
-    assert isinstance(trace, go.Mesh3d) and len(trace.x) == n * 9 and len(trace.i) == n * 8
-    xyz = np.stack([trace.x, trace.y, trace.z], -1).reshape(n, 9, 3)
+    assert isinstance(trace, go.Mesh3d) and len(trace.x) == n * 8 and len(trace.i) == n * 6
+    xyz = np.stack([trace.x, trace.y, trace.z], -1).reshape(n, 8, 3).astype(np.float64)
     R = G.quaternion_to_matrix(quats.double()).numpy()
-    np.testing.assert_allclose(xyz[:, 0], means.numpy(), atol=1e-6)  # the fan's centre
-    rim = xyz[:, 1:] - xyz[:, :1]
+    np.testing.assert_allclose(xyz.mean(1), means.numpy(), atol=1e-6)  # a regular polygon around the mean
+    rim = xyz - means.numpy()[:, None]
     np.testing.assert_allclose(np.einsum("nsc,nc->ns", rim, R[:, :, 2]), 0, atol=1e-6)  # in the disc plane
     np.testing.assert_allclose(np.einsum("nc,nc->n", rim[:, 0], R[:, :, 0]), scales[:, 0].numpy(), atol=1e-6)
     np.testing.assert_allclose(np.einsum("nc,nc->n", rim[:, 2], R[:, :, 1]), scales[:, 1].numpy(), atol=1e-6)
+    assert trace.intensitymode == "cell" and len(trace.intensity) == n * 6  # a colour index per triangle
 
 
 def test_surfels_figure_draws_the_mesh_underneath(head):
     binding = bind_surfels(head.v_template, head.faces, 1)
     s = rig_surfels(head.v_template[None], head.faces, binding, SurfelLocal.initial(binding))
     fig = surfels_figure(s.means[0], s.quats[0], s.scales[0], s.albedo[0], vertices=head.v_template,
-                         faces=head.faces)
+                         faces=head.faces, max_surfels=None)
     mesh, discs = fig.data
-    assert len(mesh.x) == head.v_template.shape[0] and len(discs.i) == 8 * binding.n_surfels
-    centre = np.array([discs.x[0], discs.y[0], discs.z[0]])
-    np.testing.assert_allclose(centre, (s.means[0, 0] + 2e-4 * s.normals[0, 0]).numpy(), atol=1e-9)  # lifted
+    assert len(mesh.x) == head.v_template.shape[0] and len(discs.i) == 4 * binding.n_surfels
+    centre = np.stack([discs.x[:6], discs.y[:6], discs.z[:6]], -1).astype(np.float64).mean(0)
+    np.testing.assert_allclose(centre, (s.means[0, 0] + 2e-4 * s.normals[0, 0]).numpy(), atol=1e-7)  # lifted
+    few = surfels_figure(s.means[0], s.quats[0], s.scales[0], s.albedo[0], max_surfels=100).data[0]
+    assert len(few.x) == 6 * 100 and np.isclose(few.x[0], discs.x[0], atol=2e-4)  # the first one is kept
     with pytest.raises(ValueError, match=r"means \(N,3\)"):
         surfels_trace(s.means, s.quats, s.scales)
 
@@ -381,8 +385,9 @@ def test_surfels_explorer_sliders_move_and_relight_the_surfels(head):
     pose = torch.zeros(1, 5, 3, dtype=D)
     pose[0, 2, 0] = 0.3
     s = rig_surfels(head(pose=pose).vertices, head.faces, binding, local)
-    centres = np.stack([view.x, view.y, view.z], -1).reshape(binding.n_surfels, 9, 3)[:, 0]
-    np.testing.assert_allclose(centres, s.means[0].numpy(), atol=1e-12)
-    before = list(view.vertexcolor[::9])
+    centres = np.stack([view.x, view.y, view.z], -1).reshape(binding.n_surfels, 6, 3).astype(np.float64).mean(1)
+    np.testing.assert_allclose(centres, s.means[0].numpy(), atol=1e-6)  # float32 in the figure
+    palette = lambda: np.array([c for _, c in view.colorscale])[np.asarray(view.intensity)[::4]]  # noqa: E731
+    before = palette()
     box.sliders["light azimuth (deg)"].value = 80.0
-    assert sum(a != b for a, b in zip(before, view.vertexcolor[::9])) > binding.n_surfels // 2
+    assert (palette() != before).sum() > binding.n_surfels // 2

@@ -41,11 +41,11 @@ def test_heads_scene_lays_heads_out_in_one_scene_with_titles(head):
     fig = heads_scene(heads, head.faces, ["a", "b", "c"], cols=2)
     assert {trace.scene for trace in fig.data} == {None} and "scene2" not in fig.to_dict()["layout"]  # one WebGL context
     offsets = [np.asarray(trace.x) - heads[n][:, 0].numpy() for n, trace in enumerate(fig.data)]
-    assert all(np.ptp(o) < 1e-12 for o in offsets), "each head moved rigidly"
+    assert all(np.ptp(o) < 1e-6 for o in offsets), "each head moved rigidly (float32 in the figure)"
     assert offsets[0][0] < offsets[1][0] and np.isclose(offsets[0][0], offsets[2][0]), "2 columns, 2 rows"
-    assert offsets[0][0] + offsets[1][0] == pytest.approx(0.0), "centred"
+    assert offsets[0][0] + offsets[1][0] == pytest.approx(0.0, abs=1e-6), "centred"
     ys = [np.asarray(trace.y) - heads[n][:, 1].numpy() for n, trace in enumerate(fig.data)]
-    assert ys[0][0] > ys[2][0] and ys[0][0] == pytest.approx(ys[1][0]), "the first row on top"
+    assert ys[0][0] > ys[2][0] and ys[0][0] == pytest.approx(ys[1][0], abs=1e-6), "the first row on top"
     assert [a.text for a in fig.layout.scene.annotations] == ["a", "b", "c"]
 
 
@@ -76,12 +76,12 @@ def test_explorer_sliders_drive_the_mesh(head):
     box.sliders["jaw open (rad)"].value = 0.3
     opened = head(pose=torch.tensor([[[0, 0, 0], [0, 0, 0], [0.3, 0, 0], [0, 0, 0], [0, 0, 0]]],
                                     dtype=torch.float64)).vertices[0]
-    np.testing.assert_allclose(mesh.y, opened[:, 1].numpy(), atol=1e-12)
+    np.testing.assert_allclose(mesh.y, opened[:, 1].numpy(), atol=1e-6)
     box.sliders["jaw open (rad)"].value = 0.0
     box.sliders["jawOpen"].value = 1.0
     psi = torch.zeros(1, head.n_expression, dtype=torch.float64)
     psi[0, head.expression_names.index("jawOpen")] = 1.0
-    np.testing.assert_allclose(mesh.z, head(expression=psi).vertices[0, :, 2].numpy(), atol=1e-12)
+    np.testing.assert_allclose(mesh.z, head(expression=psi).vertices[0, :, 2].numpy(), atol=1e-6)
 
 
 def test_quick_demo_runs_every_stage_and_reports_each_with_captions(tmp_path, head):
