@@ -62,7 +62,9 @@ LANDMARK_CODE_DIM = 68 * 3 + 3  # centred, size-normalised x, y and the visibili
 @dataclass
 class ModelConfig:
     """Sizes of the networks. width: base channels (cnn) / token width = 4·width (vit); feature_dim: the global
-    feature size; map_dim: feature-map channels; n_shape / n_expression are clipped to the head model's sizes."""
+    feature size; map_dim: feature-map channels; n_shape / n_expression are clipped to the head model's sizes;
+    shape_unit: the shape outputs' step size (`FlameHead.unit`; a shape unit moves the built-in head's landmarks
+    ~5× less than an expression unit, but ×5 and ×10 made the held-out shape worse: docs/benchmarks.md)."""
 
     encoder: str = "cnn"
     image_size: int = 128
@@ -79,6 +81,7 @@ class ModelConfig:
     vit_heads: int = 4
     vit_patch: int = 16
     landmark_input: bool = False
+    shape_unit: float = 1.0
 
     def __post_init__(self) -> None:
         if self.encoder not in ("cnn", "vit"):
@@ -92,6 +95,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         if not isinstance(self.landmark_input, bool):
             raise ValueError(f"ModelConfig.landmark_input must be True or False, got {self.landmark_input!r}")
+        if isinstance(self.shape_unit, bool) or not isinstance(self.shape_unit, (int, float)) or not self.shape_unit > 0:
+            raise ValueError(f"ModelConfig.shape_unit must be a positive number, got {self.shape_unit!r}")
 
 
 def landmark_input(points: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -171,7 +176,7 @@ class FlameHead(nn.Module):
 
     def __init__(self, feature_dim: int, n_shape: int, n_expression: int,
                  translation: tuple[float, float, float] = DATA_FRAMING_TRANSLATION,
-                 landmark_input: bool = False) -> None:
+                 landmark_input: bool = False, shape_unit: float = 1.0) -> None:
         super().__init__()
         self.sizes = (n_shape, n_expression, 5 * 6, 2, 3)
         self.landmark_input = landmark_input
@@ -188,7 +193,8 @@ class FlameHead(nn.Module):
         # output units: an optimiser step moves every raw output alike (Adam: ~lr per weight, summed over the
         # features), so each group is scaled to the size of a sensible step. Translation in centimetres: in
         # metres, a small-preset run moved the head 1 m towards the camera within 80 steps (lr 2e-4).
-        self.register_buffer("unit", torch.cat([torch.ones(n_shape + n_expression), torch.full((30,), 0.1),
+        self.register_buffer("unit", torch.cat([torch.full((n_shape,), float(shape_unit)), torch.ones(n_expression),
+                                                torch.full((30,), 0.1),
                                                 torch.ones(2), torch.full((3,), 0.01)]))
 
     @torch.no_grad()
@@ -272,7 +278,8 @@ class Networks(nn.ModuleDict):
     def __init__(self, config: ModelConfig, binding: SurfelBinding, n_shape: int, n_expression: int) -> None:
         super().__init__(dict(encoder=Encoder(config),
                               flame_head=FlameHead(config.feature_dim, n_shape, n_expression,
-                                                   landmark_input=config.landmark_input),
+                                                   landmark_input=config.landmark_input,
+                                                   shape_unit=config.shape_unit),
                               gaussian_head=GaussianHead(config, binding)))
         self.pixel_aligned = config.gaussian_head == "pixel"
 

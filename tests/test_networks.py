@@ -44,7 +44,7 @@ def test_vit_refuses_wrong_size():
 
 
 @pytest.mark.parametrize("bad", [dict(encoder="resnet"), dict(gaussian_head="uv"), dict(width=0),
-                                 dict(image_size=64.0)])
+                                 dict(image_size=64.0), dict(shape_unit=0.0), dict(shape_unit=True)])
 def test_model_config_refuses_bad_values(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad)
@@ -60,6 +60,23 @@ def test_flame_head_starts_at_the_mean_head_facing_the_camera():
     torch.testing.assert_close(p.pose, torch.eye(3).expand(4, 5, 3, 3), atol=0.05, rtol=0)
     torch.testing.assert_close(p.translation, torch.tensor(DATA_FRAMING_TRANSLATION).expand(4, 3), atol=0.01, rtol=0)
     assert p.translation.std(0).sum() > 0  # the features still move it (small noise, nonzero gradients)
+
+
+def test_shape_unit_scales_the_shape_step_only():
+    """shape_unit s: the same raw output gives s× the shape (so an optimiser step moves it s× as far); every other
+    group is unchanged."""
+    torch.manual_seed(0)
+    one = FlameHead(16, n_shape=6, n_expression=5)
+    five = FlameHead(16, n_shape=6, n_expression=5, shape_unit=5.0)
+    five.load_state_dict({k: v for k, v in one.state_dict().items() if k != "unit"}, strict=False)
+    features = torch.randn(3, 16)
+    a, b = one(features), five(features)
+    torch.testing.assert_close(b.shape, 5.0 * a.shape)
+    for name in ("expression", "pose", "eyelids", "translation"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name))
+    b.shape.sum().backward()
+    a.shape.sum().backward()
+    torch.testing.assert_close(five.out.bias.grad[:6], 5.0 * one.out.bias.grad[:6])
 
 
 def test_flame_head_rotations_are_valid_for_any_output():
