@@ -209,6 +209,27 @@ def test_flame_head_with_landmarks_reads_them_and_standardises_them():
     assert (p.shape[0] - p.shape[1]).abs().max() > 1e-5
     p.shape.sum().backward()
     assert head.hidden[0].weight.grad[:, 32:].abs().sum() > 0  # the landmark inputs get gradients
+    assert head.skip.weight.grad[:10].abs().sum() > 0  # and so does their linear path to the shape
+
+
+def test_landmark_skip_is_linear_in_the_code_and_starts_at_zero():
+    """FlameHead.skip: zero at the start (the untrained head ignores it); once set, its contribution to the raw
+    outputs is W · standardised code, exactly linear: doubling the code's deviation from the mean doubles it."""
+    torch.manual_seed(0)
+    head = FlameHead(16, n_shape=4, n_expression=3, landmark_input=True)
+    assert head.skip.weight.abs().sum() == 0
+    features = torch.randn(1, 16)
+    codes = torch.randn(1, LANDMARK_CODE_DIM)
+    without = head(features, codes).shape
+    with torch.no_grad():
+        head.skip.weight.normal_()
+    base = head(features, codes).shape - without  # the skip's part of the shape (unit 1: raw = shape)
+    torch.testing.assert_close(base, (codes @ head.skip.weight.T)[:, :4])
+    with torch.no_grad():
+        head.hidden[0].weight.zero_()  # isolate the skip: the hidden path no longer reads the code
+    a = head(features, codes).shape - head(features, torch.zeros_like(codes)).shape
+    b = head(features, 2 * codes).shape - head(features, torch.zeros_like(codes)).shape
+    torch.testing.assert_close(b, 2 * a)
     assert {"code_mean", "code_std"} <= set(head.state_dict())  # saved with the model
     with pytest.raises(ValueError, match="built without"):
         FlameHead(32, 10, 7).set_landmark_statistics(codes)
