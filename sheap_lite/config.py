@@ -8,7 +8,7 @@ stores `asdict(config)`; a resume refuses a config that differs except in the fi
 Presets:
 - ``ci``: 64², a tiny CNN, 30 steps of batch 4 (~3 s a step on one busy CPU core); CI trains it on
   `python -m sheap_lite.data.synthetic --preset ci` and checks that held-out losses fall.
-- ``small``: 128², the CNN, 220 steps of batch 8 in ≤ 30 min on 2 CPU cores (the learning proof's run).
+- ``small``: 128², the CNN, 600 steps of batch 8 in ≤ 30 min on 2 CPU cores (the learning proof's run).
 - ``paper``: 224², the ViT, 2 surfels per face (~20k on FLAME's 9,976 faces), gsplat on CUDA, bf16 autocast;
   on a CPU it still constructs and takes a step.
 """
@@ -119,15 +119,17 @@ PRESETS: dict[str, TrainConfig] = {
         model=ModelConfig(encoder="cnn", image_size=64, width=8, feature_dim=64, landmark_input=True),
         optim=OptimConfig(lr=2e-4, warmup=5),
         steps=30, batch_size=4, log_every=5, eval_every=10, eval_batches=2, ckpt_every=10, image_every=30),
-    # ~7.3 s per step at 128², batch 8, 1 thread (2-core machine, load ~2.5): 220 steps + 7 evaluations ≈ 29 min.
+    # ~1 s per 2DGS step at 128², batch 8, 1 thread (compiled kernel; 2-core machine, one other job): 600 steps +
+    # 16 evaluations ≈ 10 min. n_shape 10, lr 1.5e-3 and 600 steps (were 100, 2e-4, 220): held-out neutral shape
+    # 0.98× → 0.75× the mean head's, posed 1.15× → 0.80× (seed 0; docs/benchmarks.md, "Third attempt").
     "small": TrainConfig(
-        model=ModelConfig(encoder="cnn", image_size=128, width=32, feature_dim=256, landmark_input=True),
+        model=ModelConfig(encoder="cnn", image_size=128, width=32, feature_dim=256, landmark_input=True, n_shape=10),
         data=DataConfig(colour=0.1, scale=0.05, shift=0.04),
         # landmarks 10 (SMIRK's 10:1 over L1): at weight 1 a small run's Σβ² reached 54 by step 60 and the held-out
         # neutral shape was 1.28× the mean head's at step 80; at 10, Σβ² 1.4 and 0.98× (seed 0, docs/benchmarks.md)
         loss=LossWeights(landmarks=10.0),
-        optim=OptimConfig(lr=2e-4, warmup=20),
-        steps=220, batch_size=8, log_every=10, eval_every=40, eval_batches=4, ckpt_every=40, image_every=40),
+        optim=OptimConfig(lr=1.5e-3, warmup=20),
+        steps=600, batch_size=8, log_every=10, eval_every=40, eval_batches=4, ckpt_every=40, image_every=40),
     "paper": TrainConfig(
         model=ModelConfig(encoder="vit", image_size=224, width=96, feature_dim=384, surfels_per_face=2, vit_depth=8,
                           vit_heads=6, vit_patch=16),
