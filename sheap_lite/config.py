@@ -116,7 +116,8 @@ RESUMABLE_CHANGES = ("log_every", "eval_every", "eval_batches", "ckpt_every", "i
 PRESETS: dict[str, TrainConfig] = {
     # lr: 1e-3 diverged on the ci set (held-out L1 0.065 → 0.13 in 40 steps, shape prior → 19); 2e-4 falls.
     "ci": TrainConfig(
-        model=ModelConfig(encoder="cnn", image_size=64, width=8, feature_dim=64, landmark_input=True),
+        model=ModelConfig(encoder="cnn", image_size=64, width=8, feature_dim=64, landmark_input=True,
+                          landmark_skip=False),
         optim=OptimConfig(lr=2e-4, warmup=5),
         steps=30, batch_size=4, log_every=5, eval_every=10, eval_batches=2, ckpt_every=10, image_every=30),
     # ~1 s per 2DGS step at 128², batch 8, 1 thread (compiled kernel; 2-core machine, one other job): 600 steps +

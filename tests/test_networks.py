@@ -44,7 +44,8 @@ def test_vit_refuses_wrong_size():
 
 
 @pytest.mark.parametrize("bad", [dict(encoder="resnet"), dict(gaussian_head="uv"), dict(width=0),
-                                 dict(image_size=64.0), dict(shape_unit=0.0), dict(shape_unit=True)])
+                                 dict(image_size=64.0), dict(shape_unit=0.0), dict(shape_unit=True),
+                                 dict(landmark_skip=1)])
 def test_model_config_refuses_bad_values(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad)
@@ -230,6 +231,7 @@ def test_landmark_skip_is_linear_in_the_code_and_starts_at_zero():
     a = head(features, codes).shape - head(features, torch.zeros_like(codes)).shape
     b = head(features, 2 * codes).shape - head(features, torch.zeros_like(codes)).shape
     torch.testing.assert_close(b, 2 * a)
+    assert FlameHead(16, 4, 3, landmark_input=True, landmark_skip=False).skip is None  # the ci preset's head
     assert {"code_mean", "code_std"} <= set(head.state_dict())  # saved with the model
     with pytest.raises(ValueError, match="built without"):
         FlameHead(32, 10, 7).set_landmark_statistics(codes)
