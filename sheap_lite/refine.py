@@ -11,20 +11,7 @@ frame shares the one identity (shape, surfels, light) of the source frame, as in
 frame's identity re-renders every target frame. `refining_predictor` makes it an `evaluate.Predictor`
 (`python -m sheap_lite.evaluate --refine N`).
 
-Measured (the `small` preset's checkpoint at step 100 of an 800-step run with landmark weight 10, on 2 neutral + 2
-expressive held-out clips of 16 frames at 128², its own loss weights, 1 thread, ~3.3 s per step per clip on a
-loaded 2-core CPU), mean errors, neutral set / expressive set:
-
-| predictor | neutral shape (mm) | posed mesh (mm) | 2D landmarks (px) |
-|---|---|---|---|
-| mean head | 2.71 / 2.71 | 2.71 / 3.23 | – |
-| network (per-frame identity) | 2.62 / 2.57 | 3.19 / 3.63 | 2.51 / 2.91 |
-| refine 0 steps (source-frame identity) | 2.60 / 2.62 | 3.17 / 3.66 | 2.51 / 2.90 |
-| refine 10 steps | 2.55 / 2.54 | 3.05 / 3.49 | 1.46 / 1.64 |
-| refine 30 steps | 2.38 / 2.40 | 2.68 / 3.14 | 0.98 / 1.09 |
-
-Every measure improves with the steps here, from an early checkpoint; on the tiny, barely trained model of
-notebook 07 the posed mesh can get worse while the losses fall (refinement fits the images, not the truth).
+What it buys per step, measured on held-out clips: docs/results.md ("Test-time refinement").
 """
 
 from __future__ import annotations
