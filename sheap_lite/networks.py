@@ -230,10 +230,11 @@ class FlameHead(nn.Module):
                                  "(pass the 68 2D landmarks: Reanimator(..., source_landmarks=, target_landmarks=) or "
                                  "Reanimator.predict(images, landmarks))")
             code = (codes.to(features) - self.code_mean) / self.code_std
-            raw = self.out(self.hidden(torch.cat([features, code], -1)))
-            raw = (raw if self.skip is None else raw + self.skip(code)) * self.unit + self.offset
-        else:
-            raw = self.out(self.hidden(features)) * self.unit + self.offset
+            features = torch.cat([features, code], -1)
+        raw = self.out(self.hidden(features))
+        if self.skip is not None:
+            raw = raw + self.skip(code)
+        raw = raw * self.unit + self.offset
         shape, expression, pose6d, eyelids, translation = raw.split(self.sizes, -1)
         pose = rotation_6d_to_matrix(pose6d.reshape(-1, 5, 6))
         return FlameParams(shape=shape, expression=expression, pose=pose, eyelids=eyelids, translation=translation)

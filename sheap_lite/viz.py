@@ -113,11 +113,10 @@ def head_colors(flame) -> np.ndarray:
 def mesh_trace(vertices, faces, vertex_colors=None, name: str = "mesh", opacity: float = 1.0) -> go.Mesh3d:
     """A shaded triangle mesh: vertices (V,3), faces (F,3), optional per-vertex colours (V,3) in [0,1] (drawn
     through `colour_kwargs`); coordinates are stored as float32."""
-    v, f = _np(vertices), _np(faces)
+    v, f = _f32(vertices), _np(faces)
     if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
         raise ValueError(f"mesh_trace expects vertices (V,3) and faces (F,3), got {v.shape} and {f.shape}")
     colour = colour_kwargs(vertex_colors) if vertex_colors is not None else dict(color=SKIN)
-    v = v.astype(np.float32)
     return go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name=name,
                      flatshading=False, lighting=LIGHTING, lightposition=dict(x=0, y=100, z=1000),
                      opacity=opacity, hoverinfo="skip", showlegend=False, **colour)
