@@ -122,17 +122,19 @@ PRESETS: dict[str, TrainConfig] = {
         steps=30, batch_size=4, log_every=5, eval_every=10, eval_batches=2, ckpt_every=10, image_every=30),
     # ~1 s per 2DGS step at 128², batch 8, 1 thread (compiled kernel; 2-core machine, a second run on the other core):
     # 1,500 steps + 38 evaluations ≈ 26 min. Each change measured on seed 0 (docs/benchmarks.md, "Fourth attempt"):
-    # n_shape 10 → 20, lr 1.5e-3 (was 2e-4), 1,500 steps (were 220) and the expression prior below take the held-out
-    # neutral shape from 0.98× to 0.67× the mean head's and the posed mesh from 1.15× to 0.61× (3 seeds).
+    # against the first small preset (n_shape 100, lr 2e-4, 220 steps, no landmark skip, expression prior 1e-3), the
+    # landmark skip, n_shape 20, lr 1.5e-3, 1,500 steps and the expression prior below take the held-out neutral
+    # shape from 0.98× to 0.67× the mean head's and the posed mesh from 1.15× to 0.61× (3 seeds each).
     "small": TrainConfig(
         model=ModelConfig(encoder="cnn", image_size=128, width=32, feature_dim=256, landmark_input=True, n_shape=20),
         data=DataConfig(colour=0.1, scale=0.05, shift=0.04),
         # landmarks 10 (SMIRK's 10:1 over L1): at weight 1 a small run's Σβ² reached 54 by step 60 and the held-out
         # neutral shape was 1.28× the mean head's at step 80; at 10, Σβ² 1.4 and 0.98× (seed 0, docs/benchmarks.md).
         # expression_prior 3e-2, not SMIRK's 1e-3: SMIRK's weight is for FLAME's coefficients, in standard deviations;
-        # the built-in head's are action weights (1 = the full action) of rms ≈ 0.1 in the synthetic world, so the
-        # same pull is ~100× larger in these units. At 1e-3 the held-out Σψ² grew to 1.7 (the data's: 0.46), jaw and
-        # identity leaking into expression; at 3e-2 the posed error fell 2.65 → 2.16 mm and neutral 1.96 → 1.84 mm.
+        # the built-in head's are action weights (1 = the full action) of rms ≈ 0.1 in the synthetic world, where
+        # the weight 1e-3 pulls ~100× more weakly. At 1e-3 the held-out Σψ² grew to 1.7 (the data's: 0.46), jaw and
+        # identity leaking into expression; at 3e-2 the posed error fell 2.65 → 2.16 mm and neutral 1.96 → 1.84 mm
+        # (1e-1 and 3e-1 switch expression off: Σψ² 0.03 / 0.008, probe 65 % at 3e-1 against 70 %).
         loss=LossWeights(landmarks=10.0, expression_prior=3e-2),
         optim=OptimConfig(lr=1.5e-3, warmup=20),
         steps=1500, batch_size=8, log_every=10, eval_every=40, eval_batches=4, ckpt_every=40, image_every=40),
